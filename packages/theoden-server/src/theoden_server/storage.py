@@ -1,0 +1,285 @@
+"""Content-addressed blob storage on disk, streamed in and out, with per-blob read access.
+
+A blob's id is the SHA-256 of its bytes, so an id can never name a path outside the store and
+the same weights uploaded twice are stored once. Writes go to a temporary file and are moved
+into place only after the digest and size were verified; readers never see a partial blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Final
+
+import msgspec
+
+from theoden_protocol import SAFETENSORS_MEDIA_TYPE, BlobRef
+from theoden_server.errors import BlobIntegrityError, InvalidRequest, NotFound, PayloadTooLarge
+
+__all__ = ["DEFAULT_MAX_BLOB_BYTES", "BlobStore", "BlobWriter", "validate_blob_id"]
+
+#: Largest blob accepted unless the server is configured otherwise (4 GiB).
+DEFAULT_MAX_BLOB_BYTES: Final = 4 * 1024**3
+_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{64}$")
+_COPY_CHUNK: Final = 1024 * 1024
+
+
+def validate_blob_id(blob_id: str) -> str:
+    """Return ``blob_id`` if it is a lower-case hex SHA-256, else raise `InvalidRequest`."""
+    if not isinstance(blob_id, str) or not _ID_PATTERN.match(blob_id):
+        raise InvalidRequest(f"blob id {blob_id[:80]!r} is not a lower-case hex SHA-256 digest (64 characters 0-9a-f)")
+    return blob_id
+
+
+class _BlobMeta(msgspec.Struct, kw_only=True):
+    media_type: str = SAFETENSORS_MEDIA_TYPE
+    owners: list[str] = msgspec.field(default_factory=list)
+    public: bool = False
+    created: float = 0.0
+
+
+class BlobWriter:
+    """An upload in progress: feed it chunks with `write`, then `commit` (or `abort`)."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        *,
+        media_type: str,
+        owner: str | None,
+        expected_sha256: str | None,
+        expected_size: int | None,
+        max_bytes: int,
+    ) -> None:
+        self._store = store
+        self._media_type = media_type
+        self._owner = owner
+        self._expected_sha256 = expected_sha256
+        self._expected_size = expected_size
+        self._max_bytes = max_bytes if expected_size is None else min(max_bytes, expected_size)
+        if expected_size is not None and expected_size > max_bytes:
+            raise PayloadTooLarge(f"blob of {expected_size} bytes is larger than the limit of {max_bytes} bytes")
+        fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="upload-")
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append ``chunk``; raises `PayloadTooLarge` (and aborts) past the size limit."""
+        if self._file is None:
+            raise RuntimeError("upload already committed or aborted")
+        self.size += len(chunk)
+        if self.size > self._max_bytes:
+            self.abort()
+            limit = self._max_bytes
+            what = "the announced size" if self._expected_size is not None and limit == self._expected_size else "the limit"
+            raise PayloadTooLarge(f"upload exceeds {what} of {limit} bytes")
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> BlobRef:
+        """Verify digest and size, move the blob into place and return its reference."""
+        if self._file is None:
+            raise RuntimeError("upload already committed or aborted")
+        self._file.close()
+        self._file = None
+        digest = self._hash.hexdigest()
+        try:
+            if self._expected_size is not None and self.size != self._expected_size:
+                raise BlobIntegrityError(f"received {self.size} bytes but {self._expected_size} were announced")
+            if self._expected_sha256 is not None and digest != self._expected_sha256:
+                raise BlobIntegrityError(
+                    f"received bytes have SHA-256 {digest}, not the announced {self._expected_sha256}; "
+                    "the upload was corrupted or the id is wrong"
+                )
+            return self._store._adopt(self._tmp, digest, self.size, self._media_type, self._owner)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Drop the partial upload."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None or self._file is not None:
+            self.abort()
+
+
+class BlobStore:
+    """Blobs under ``root``, named by their SHA-256, each with its owners and public flag."""
+
+    def __init__(self, root: str | os.PathLike[str], *, max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> None:
+        self.root = Path(root)
+        self.max_blob_bytes = max_blob_bytes
+        for sub in ("blobs", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (self.root / "tmp").iterdir():  # partial uploads of a previous process
+            stale.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._meta_encoder = msgspec.json.Encoder()
+        self._meta_decoder = msgspec.json.Decoder(_BlobMeta)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def writer(
+        self,
+        *,
+        media_type: str = SAFETENSORS_MEDIA_TYPE,
+        owner: str | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+    ) -> BlobWriter:
+        """Start a streamed upload; ``owner`` (a client name) may read the blob back."""
+        if expected_sha256 is not None:
+            validate_blob_id(expected_sha256)
+        return BlobWriter(
+            self,
+            media_type=media_type,
+            owner=owner,
+            expected_sha256=expected_sha256,
+            expected_size=expected_size,
+            max_bytes=self.max_blob_bytes,
+        )
+
+    def put_bytes(self, data: bytes, *, media_type: str = SAFETENSORS_MEDIA_TYPE, owner: str | None = None) -> BlobRef:
+        """Store ``data`` and return its reference."""
+        with self.writer(media_type=media_type, owner=owner) as writer:
+            writer.write(data)
+            return writer.commit()
+
+    def put_file(
+        self, path: str | os.PathLike[str], *, media_type: str = SAFETENSORS_MEDIA_TYPE, owner: str | None = None
+    ) -> BlobRef:
+        """Store a copy of the file at ``path`` and return its reference."""
+        with self.writer(media_type=media_type, owner=owner) as writer, open(path, "rb") as src:
+            while chunk := src.read(_COPY_CHUNK):
+                writer.write(chunk)
+            return writer.commit()
+
+    def _adopt(self, tmp: Path, digest: str, size: int, media_type: str, owner: str | None) -> BlobRef:
+        target = self._blob_path(digest)
+        with self._lock:
+            meta = self._read_meta(digest) if target.exists() else _BlobMeta(media_type=media_type, created=time.time())
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+            if owner is not None and owner not in meta.owners:
+                meta.owners.append(owner)
+            self._write_meta(digest, meta)
+        return BlobRef(id=digest, sha256=digest, size=size, media_type=meta.media_type)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def exists(self, blob_id: str) -> bool:
+        """Whether a blob with this id is stored (invalid ids are simply absent)."""
+        return bool(_ID_PATTERN.match(blob_id)) and self._blob_path(blob_id).is_file()
+
+    def path(self, blob_id: str) -> Path:
+        """Return the file of a stored blob (read-only use), or raise `NotFound`."""
+        path = self._blob_path(validate_blob_id(blob_id))
+        if not path.is_file():
+            raise NotFound(f"no blob {blob_id} in this run's store")
+        return path
+
+    def ref(self, blob_id: str) -> BlobRef:
+        """Return the reference of a stored blob."""
+        path = self.path(blob_id)
+        meta = self._read_meta(blob_id)
+        return BlobRef(id=blob_id, sha256=blob_id, size=path.stat().st_size, media_type=meta.media_type)
+
+    def open(self, blob_id: str) -> BinaryIO:
+        """Open a stored blob for reading."""
+        return open(self.path(blob_id), "rb")
+
+    def read_bytes(self, blob_id: str) -> bytes:
+        """Return a stored blob's bytes (small blobs only; prefer `iter_chunks`)."""
+        return self.path(blob_id).read_bytes()
+
+    def iter_chunks(self, blob_id: str, chunk_size: int = _COPY_CHUNK) -> Iterator[bytes]:
+        """Yield a stored blob in chunks of ``chunk_size`` bytes."""
+        with self.open(blob_id) as src:
+            while chunk := src.read(chunk_size):
+                yield chunk
+
+    def read_chunk(self, blob_id: str, index: int, chunk_size: int) -> bytes:
+        """Return chunk ``index`` of a blob split into ``chunk_size``-byte chunks."""
+        if index < 0 or chunk_size <= 0:
+            raise InvalidRequest("chunk index must be >= 0 and chunk size > 0")
+        with self.open(blob_id) as src:
+            src.seek(index * chunk_size)
+            return src.read(chunk_size)
+
+    def delete(self, blob_id: str) -> None:
+        """Remove a blob and its metadata (missing blobs are ignored)."""
+        with self._lock:
+            self._blob_path(validate_blob_id(blob_id)).unlink(missing_ok=True)
+            self._meta_path(blob_id).unlink(missing_ok=True)
+
+    def copy_to(self, blob_id: str, destination: str | os.PathLike[str]) -> Path:
+        """Copy a stored blob to ``destination`` (e.g. the run directory's best model)."""
+        dest = Path(destination)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path(blob_id), dest)
+        return dest
+
+    # -- access -------------------------------------------------------------------------------
+
+    def publish(self, blob_id: str) -> None:
+        """Make a blob readable by every client of the run (e.g. the current global model)."""
+        self.path(blob_id)
+        with self._lock:
+            meta = self._read_meta(blob_id)
+            meta.public = True
+            self._write_meta(blob_id, meta)
+
+    def is_public(self, blob_id: str) -> bool:
+        """Whether every client may read the blob."""
+        return self._read_meta(validate_blob_id(blob_id)).public
+
+    def owners(self, blob_id: str) -> list[str]:
+        """Return the clients that uploaded this blob."""
+        return list(self._read_meta(validate_blob_id(blob_id)).owners)
+
+    def can_read(self, blob_id: str, principal: str, *, is_admin: bool = False) -> bool:
+        """Whether ``principal`` may read the blob: admins and the server always, clients if public or theirs."""
+        if is_admin:
+            return True
+        meta = self._read_meta(validate_blob_id(blob_id))
+        return meta.public or principal in meta.owners
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _blob_path(self, blob_id: str) -> Path:
+        return self.root / "blobs" / blob_id[:2] / blob_id
+
+    def _meta_path(self, blob_id: str) -> Path:
+        return self.root / "blobs" / blob_id[:2] / f"{blob_id}.meta.json"
+
+    def _read_meta(self, blob_id: str) -> _BlobMeta:
+        try:
+            return self._meta_decoder.decode(self._meta_path(blob_id).read_bytes())
+        except FileNotFoundError:
+            return _BlobMeta()
+
+    def _write_meta(self, blob_id: str, meta: _BlobMeta) -> None:
+        path = self._meta_path(blob_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(self._meta_encoder.encode(meta))
+        os.replace(tmp, path)
