@@ -145,6 +145,7 @@ def registry_generation() -> int:
 # checkers see the real type) and converted here, in ``__post_init__``, against the family's
 # current union. Errors are re-raised with the JSON path of the offending value.
 
+
 def _join_path(prefix: str, error: msgspec.ValidationError | ProtocolError | ValueError) -> str:
     """Prefix the path in an error message: ``x - at `$.a``` under ``b`` → ``x - at `$.b.a```."""
     text = str(error)

@@ -15,7 +15,7 @@ __all__ = ["SAFETENSORS_MEDIA_TYPE", "BlobRef"]
 SAFETENSORS_MEDIA_TYPE: Final = "application/vnd.safetensors"
 
 
-class BlobRef(WireStruct):
+class BlobRef(WireStruct, frozen=True):
     """A blob held by the server's store: its ``id``, content digest, byte size and media type.
 
     Receivers verify ``sha256`` and ``size`` after every transfer; a mismatch is an error,

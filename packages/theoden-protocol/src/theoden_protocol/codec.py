@@ -8,7 +8,7 @@ names the JSON path of the offending value.
 from __future__ import annotations
 
 import threading
-from typing import Any, Final, Literal, TypeVar, cast, overload
+from typing import Any, Final, Literal, TypeVar, overload
 
 import msgspec
 
@@ -117,17 +117,17 @@ def decode(
 
 def decode_command(data: bytes | bytearray | memoryview, format: Format = "json") -> Command:
     """Decode any registered command."""
-    return cast(Command, decode(data, Command, format))
+    return decode(data, Command, format)
 
 
 def decode_request(data: bytes | bytearray | memoryview, format: Format = "json") -> ServerRequest:
     """Decode any registered server request (status updates included)."""
-    return cast(ServerRequest, decode(data, ServerRequest, format))
+    return decode(data, ServerRequest, format)
 
 
 def decode_response(data: bytes | bytearray | memoryview, format: Format = "json") -> ServerResponse:
     """Decode any registered server response."""
-    return cast(ServerResponse, decode(data, ServerResponse, format))
+    return decode(data, ServerResponse, format)
 
 
 def decode_status(data: bytes | bytearray | memoryview, format: Format = "json") -> StatusUpdate:
@@ -138,5 +138,5 @@ def decode_status(data: bytes | bytearray | memoryview, format: Format = "json")
 def json_schema(type: Any) -> dict[str, Any]:
     """Return the JSON schema of a message type or family (e.g. for documentation)."""
     resolved = family_union(type) if type in _FAMILIES else type
-    return cast(dict[str, Any], msgspec.json.schema(resolved))
-
+    schema: dict[str, Any] = msgspec.json.schema(resolved)
+    return schema

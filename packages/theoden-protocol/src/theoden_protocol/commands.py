@@ -70,17 +70,17 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Split = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.]+$")]
 
 
-class Command(WireStruct, tag_field="type"):
+class Command(WireStruct, tag_field="type", frozen=True):
     """Base of every command; ``uuid`` identifies it in status updates."""
 
     uuid: Uuid = msgspec.field(default_factory=new_uuid)
 
 
-class ClientCondition(WireStruct, tag_field="type"):
+class ClientCondition(WireStruct, tag_field="type", frozen=True):
     """Base of conditions a client evaluates on itself (for `Conditional`)."""
 
 
-class HasResource(ClientCondition, tag="has_resource", kw_only=True):
+class HasResource(ClientCondition, tag="has_resource", kw_only=True, frozen=True):
     """True when the client holds a resource under ``key`` (false when ``negate``)."""
 
     key: Name
@@ -90,14 +90,14 @@ class HasResource(ClientCondition, tag="has_resource", kw_only=True):
 # -- resource commands ---------------------------------------------------------------------------
 
 
-class LoadDataset(Command, tag="load_dataset", kw_only=True):
+class LoadDataset(Command, tag="load_dataset", kw_only=True, frozen=True):
     """Load a data set from the client's own data root and hold it under ``key``."""
 
     dataset: DatasetSpec
     key: Name = "dataset"
 
 
-class SetPartition(Command, tag="set_partition", kw_only=True):
+class SetPartition(Command, tag="set_partition", kw_only=True, frozen=True):
     """Keep only part ``part`` of the data set under ``source`` after splitting it by ``partition``.
 
     The server customises ``part`` per client, so each client takes its own share; the result
@@ -117,13 +117,15 @@ class SetPartition(Command, tag="set_partition", kw_only=True):
         set_field(self, "partition", coerce_member(self.partition, PartitionSpec, "partition"))
 
 
-class SetLocalPartition(Command, tag="set_local_partition", kw_only=True):
+class SetLocalPartition(Command, tag="set_local_partition", kw_only=True, frozen=True):
     """Split the client's data set into named splits, e.g. ``{"train": 0.8, "val": 0.2}``.
 
     Each split is held under ``"<source>:<split>"``; the split is seeded and so repeatable.
     """
 
-    splits: Annotated[dict[Split, Annotated[float, msgspec.Meta(gt=0, le=1)]], msgspec.Meta(min_length=1, max_length=64)]
+    splits: Annotated[
+        dict[Split, Annotated[float, msgspec.Meta(gt=0, le=1)]], msgspec.Meta(min_length=1, max_length=64)
+    ]
     seed: int = 0
     source: Name = "dataset"
 
@@ -134,14 +136,14 @@ class SetLocalPartition(Command, tag="set_local_partition", kw_only=True):
             raise ValueError(f"local split fractions sum to {total:.6g}, more than 1")
 
 
-class InitModel(Command, tag="init_model", kw_only=True):
+class InitModel(Command, tag="init_model", kw_only=True, frozen=True):
     """Build a model from the client's model registry and hold it under ``key``."""
 
     model: ModelSpec
     key: Name = "model"
 
 
-class SetOptimizer(Command, tag="set_optimizer", kw_only=True):
+class SetOptimizer(Command, tag="set_optimizer", kw_only=True, frozen=True):
     """Create an optimizer over the parameters of the model held under ``model_key``."""
 
     optimizer: OptimizerSpec
@@ -149,7 +151,7 @@ class SetOptimizer(Command, tag="set_optimizer", kw_only=True):
     key: Name = "optimizer"
 
 
-class SetLosses(Command, tag="set_losses", kw_only=True):
+class SetLosses(Command, tag="set_losses", kw_only=True, frozen=True):
     """Set the training losses (summed by weight) and the validation metrics.
 
     ``choosing_metric`` names the metric that decides which model is best (e.g. ``accuracy``);
@@ -162,7 +164,7 @@ class SetLosses(Command, tag="set_losses", kw_only=True):
     higher_is_better: bool = True
 
 
-class SetScheduler(Command, tag="set_scheduler", kw_only=True):
+class SetScheduler(Command, tag="set_scheduler", kw_only=True, frozen=True):
     """Attach a learning-rate scheduler to the optimizer held under ``optimizer_key``."""
 
     scheduler: SchedulerSpec
@@ -170,7 +172,7 @@ class SetScheduler(Command, tag="set_scheduler", kw_only=True):
     key: Name = "scheduler"
 
 
-class SetDataloader(Command, tag="set_dataloader", kw_only=True):
+class SetDataloader(Command, tag="set_dataloader", kw_only=True, frozen=True):
     """Configure how the split ``split`` is batched (and augmented) for training or validation."""
 
     split: Split = "train"
@@ -181,7 +183,7 @@ class SetDataloader(Command, tag="set_dataloader", kw_only=True):
     augmentations: Annotated[list[AugmentationSpec], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
 
 
-class LoadWeights(Command, tag="load_weights", kw_only=True):
+class LoadWeights(Command, tag="load_weights", kw_only=True, frozen=True):
     """Download the safetensors blob ``blob``, verify it, and load it into the model (strictly)."""
 
     blob: BlobRef
@@ -189,20 +191,20 @@ class LoadWeights(Command, tag="load_weights", kw_only=True):
     strict: bool = True
 
 
-class ClearResources(Command, tag="clear_resources", kw_only=True):
+class ClearResources(Command, tag="clear_resources", kw_only=True, frozen=True):
     """Drop the named resources, or every resource when ``keys`` is ``None``."""
 
     keys: Annotated[list[Name], msgspec.Meta(max_length=1024)] | None = None
 
 
-class PrintResourceKeys(Command, tag="print_resource_keys", kw_only=True):
+class PrintResourceKeys(Command, tag="print_resource_keys", kw_only=True, frozen=True):
     """Report (and log) the keys and types of the resources the client holds."""
 
 
 # -- action commands -----------------------------------------------------------------------------
 
 
-class Train(Command, tag="train", kw_only=True):
+class Train(Command, tag="train", kw_only=True, frozen=True):
     """Train the model for exactly one of ``steps`` optimizer steps or ``epochs`` passes over ``split``.
 
     ``steps=0`` is allowed (no training; useful to measure the framework's own overhead).
@@ -223,7 +225,7 @@ class Train(Command, tag="train", kw_only=True):
             raise ValueError("train needs exactly one of `steps` or `epochs`")
 
 
-class Validate(Command, tag="validate", kw_only=True):
+class Validate(Command, tag="validate", kw_only=True, frozen=True):
     """Compute the losses and metrics of the model on ``split``; metrics come back as ``<split>/<name>``."""
 
     split: Split = "val"
@@ -232,7 +234,7 @@ class Validate(Command, tag="validate", kw_only=True):
     round: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
-class SendModel(Command, tag="send_model", kw_only=True):
+class SendModel(Command, tag="send_model", kw_only=True, frozen=True):
     """Upload the model's weights as a safetensors blob and report its reference and sample count.
 
     ``num_samples`` in the response is the size of ``sample_split`` (the weight in FedAvg).
@@ -243,13 +245,13 @@ class SendModel(Command, tag="send_model", kw_only=True):
     sample_split: Split = "train"
 
 
-class InspectLabelDistribution(Command, tag="inspect_label_distribution", kw_only=True):
+class InspectLabelDistribution(Command, tag="inspect_label_distribution", kw_only=True, frozen=True):
     """Report how many samples of each label ``split`` holds (counts only, never the data)."""
 
     split: Split = "train"
 
 
-class ComputeClientScore(Command, tag="compute_client_score", kw_only=True):
+class ComputeClientScore(Command, tag="compute_client_score", kw_only=True, frozen=True):
     """Report one number that ranks this client, the ``metric`` of the model on ``split``."""
 
     split: Split = "val"
@@ -259,7 +261,7 @@ class ComputeClientScore(Command, tag="compute_client_score", kw_only=True):
 # -- meta commands -------------------------------------------------------------------------------
 
 
-class Sequential(Command, tag="sequential", kw_only=True):
+class Sequential(Command, tag="sequential", kw_only=True, frozen=True):
     """Run ``commands`` one after another; the first failure stops the sequence and fails it."""
 
     if TYPE_CHECKING:
@@ -272,7 +274,7 @@ class Sequential(Command, tag="sequential", kw_only=True):
         set_field(self, "commands", coerce_members(self.commands, Command, "commands"))
 
 
-class Conditional(Command, tag="conditional", kw_only=True):
+class Conditional(Command, tag="conditional", kw_only=True, frozen=True):
     """Run ``then`` when the client-side ``condition`` holds, else ``otherwise`` (if given)."""
 
     if TYPE_CHECKING:
@@ -292,7 +294,7 @@ class Conditional(Command, tag="conditional", kw_only=True):
             set_field(self, "otherwise", coerce_member(self.otherwise, Command, "otherwise"))
 
 
-class Repeat(Command, tag="repeat", kw_only=True):
+class Repeat(Command, tag="repeat", kw_only=True, frozen=True):
     """Run ``command`` ``times`` times in a row."""
 
     times: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
@@ -306,7 +308,7 @@ class Repeat(Command, tag="repeat", kw_only=True):
         set_field(self, "command", coerce_member(self.command, Command, "command"))
 
 
-class Exit(Command, tag="exit", kw_only=True):
+class Exit(Command, tag="exit", kw_only=True, frozen=True):
     """Tell the client the run is over: it logs ``reason`` and exits cleanly."""
 
     reason: Annotated[str, msgspec.Meta(max_length=4096)] = ""

@@ -36,7 +36,7 @@ MAX_WAIT_SECONDS = 300.0
 MAX_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-class ServerRequest(WireStruct, tag_field="type"):
+class ServerRequest(WireStruct, tag_field="type", frozen=True):
     """Base of every client → server request.
 
     ``client_name`` is optional: the server takes the client's identity from its credentials,
@@ -46,14 +46,14 @@ class ServerRequest(WireStruct, tag_field="type"):
     client_name: Name | None = None
 
 
-class LoginRequest(ServerRequest, tag="login", kw_only=True, forbid_unknown_fields=True):
+class LoginRequest(ServerRequest, tag="login", kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Exchange a username and password for an access token (JSON alternative to the OAuth2 form)."""
 
     username: Name
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
-class RegisterRequest(ServerRequest, tag="register", kw_only=True, forbid_unknown_fields=True):
+class RegisterRequest(ServerRequest, tag="register", kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Join the run as the authenticated client; the server checks ``protocol_version``.
 
     Sent once after authenticating and again after every reconnect. ``info`` carries facts the
@@ -65,17 +65,17 @@ class RegisterRequest(ServerRequest, tag="register", kw_only=True, forbid_unknow
     info: Annotated[dict[Name, KwargValue], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=dict)
 
 
-class PullCommand(ServerRequest, tag="pull_command", kw_only=True):
+class PullCommand(ServerRequest, tag="pull_command", kw_only=True, frozen=True):
     """Ask for the next command; the server may hold the request up to ``wait`` seconds (long-poll)."""
 
     wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_SECONDS)] = 0.0
 
 
-class Heartbeat(ServerRequest, tag="heartbeat", kw_only=True):
+class Heartbeat(ServerRequest, tag="heartbeat", kw_only=True, frozen=True):
     """Tell the server the client is alive (sent between commands and during long ones)."""
 
 
-class BlobUpload(ServerRequest, tag="blob_upload", kw_only=True):
+class BlobUpload(ServerRequest, tag="blob_upload", kw_only=True, frozen=True):
     """Announce an upload of ``size`` bytes with digest ``sha256``; the answer says where to send it."""
 
     sha256: Sha256
@@ -83,13 +83,13 @@ class BlobUpload(ServerRequest, tag="blob_upload", kw_only=True):
     media_type: Name = SAFETENSORS_MEDIA_TYPE
 
 
-class BlobDownload(ServerRequest, tag="blob_download", kw_only=True):
+class BlobDownload(ServerRequest, tag="blob_download", kw_only=True, frozen=True):
     """Ask where and how to fetch blob ``blob_id``."""
 
     blob_id: BlobId
 
 
-class BlobChunkPut(ServerRequest, tag="blob_chunk_put", kw_only=True):
+class BlobChunkPut(ServerRequest, tag="blob_chunk_put", kw_only=True, frozen=True):
     """One chunk of an announced upload (broker transport); ``index`` counts from 0."""
 
     blob_id: BlobId
@@ -97,7 +97,7 @@ class BlobChunkPut(ServerRequest, tag="blob_chunk_put", kw_only=True):
     data: Annotated[bytes, msgspec.Meta(max_length=MAX_CHUNK_BYTES)]
 
 
-class BlobChunkGet(ServerRequest, tag="blob_chunk_get", kw_only=True):
+class BlobChunkGet(ServerRequest, tag="blob_chunk_get", kw_only=True, frozen=True):
     """Ask for chunk ``index`` of blob ``blob_id`` (broker transport)."""
 
     blob_id: BlobId
@@ -105,4 +105,6 @@ class BlobChunkGet(ServerRequest, tag="blob_chunk_get", kw_only=True):
 
 
 _declare_family("server request", ServerRequest)
-_register_builtin([LoginRequest, RegisterRequest, PullCommand, Heartbeat, BlobUpload, BlobDownload, BlobChunkPut, BlobChunkGet])
+_register_builtin(
+    [LoginRequest, RegisterRequest, PullCommand, Heartbeat, BlobUpload, BlobDownload, BlobChunkPut, BlobChunkGet]
+)

@@ -25,11 +25,11 @@ __all__ = [
 ]
 
 
-class ServerResponse(WireStruct, tag_field="type"):
+class ServerResponse(WireStruct, tag_field="type", frozen=True):
     """Base of every server → client response."""
 
 
-class LoginResponse(ServerResponse, tag="token", kw_only=True):
+class LoginResponse(ServerResponse, tag="token", kw_only=True, frozen=True):
     """An access token: send it as ``Authorization: Bearer <access_token>``; it expires after ``expires_in`` s."""
 
     access_token: str
@@ -37,7 +37,7 @@ class LoginResponse(ServerResponse, tag="token", kw_only=True):
     expires_in: int
 
 
-class RegisterResponse(ServerResponse, tag="registered", kw_only=True):
+class RegisterResponse(ServerResponse, tag="registered", kw_only=True, frozen=True):
     """The client joined the run as ``client_name``; it should send a heartbeat every ``heartbeat_interval`` s."""
 
     client_name: Name
@@ -47,7 +47,7 @@ class RegisterResponse(ServerResponse, tag="registered", kw_only=True):
     max_wait: float = 30.0
 
 
-class CommandResponse(ServerResponse, tag="command", kw_only=True):
+class CommandResponse(ServerResponse, tag="command", kw_only=True, frozen=True):
     """The next command for the client, or ``None`` with a hint to ask again after ``retry_after`` s."""
 
     if TYPE_CHECKING:
@@ -62,14 +62,14 @@ class CommandResponse(ServerResponse, tag="command", kw_only=True):
             set_field(self, "command", coerce_member(self.command, Command, "command"))
 
 
-class Ack(ServerResponse, tag="ack", kw_only=True):
+class Ack(ServerResponse, tag="ack", kw_only=True, frozen=True):
     """The request was accepted; ``message`` may say more."""
 
     message: str = ""
     server_time: float = msgspec.field(default_factory=time.time)
 
 
-class BlobTicket(ServerResponse, tag="blob_ticket", kw_only=True):
+class BlobTicket(ServerResponse, tag="blob_ticket", kw_only=True, frozen=True):
     """Where to send or fetch a blob: ``url`` for HTTP, ``chunk_size``/``num_chunks`` for the broker."""
 
     blob_id: BlobId
@@ -80,7 +80,7 @@ class BlobTicket(ServerResponse, tag="blob_ticket", kw_only=True):
     max_size: int | None = None
 
 
-class BlobChunk(ServerResponse, tag="blob_chunk", kw_only=True):
+class BlobChunk(ServerResponse, tag="blob_chunk", kw_only=True, frozen=True):
     """One chunk of a blob (broker transport)."""
 
     blob_id: BlobId
@@ -89,7 +89,7 @@ class BlobChunk(ServerResponse, tag="blob_chunk", kw_only=True):
     last: bool
 
 
-class ErrorResponse(ServerResponse, tag="error", kw_only=True):
+class ErrorResponse(ServerResponse, tag="error", kw_only=True, frozen=True):
     """The request failed: a stable ``code`` (e.g. ``forbidden``) and a ``detail`` a person can act on."""
 
     code: str

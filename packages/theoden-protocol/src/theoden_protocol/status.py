@@ -34,7 +34,7 @@ class CommandStatus(enum.StrEnum):
         return self in (CommandStatus.FINISHED, CommandStatus.FAILED)
 
 
-class ExecutionResponse(WireStruct):
+class ExecutionResponse(WireStruct, frozen=True):
     """The results of a command.
 
     ``metrics`` are name → float (``val/accuracy``); ``blobs`` name uploaded blobs (``model``);
@@ -53,7 +53,7 @@ class ExecutionResponse(WireStruct):
     error: Annotated[str, msgspec.Meta(max_length=65536)] | None = None
 
 
-class StatusUpdate(ServerRequest, tag="status_update", kw_only=True):
+class StatusUpdate(ServerRequest, tag="status_update", kw_only=True, frozen=True):
     """A client's report that command ``command_uuid`` reached ``status``.
 
     ``client_name`` must be the name the client authenticated as; the server refuses an update

@@ -17,8 +17,7 @@ def _parse(version: str) -> tuple[int, int]:
     parts = version.split(".")
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise IncompatibleVersionError(
-            f"protocol version {version!r} is not of the form MAJOR.MINOR "
-            f"(this side speaks {PROTOCOL_VERSION})"
+            f"protocol version {version!r} is not of the form MAJOR.MINOR (this side speaks {PROTOCOL_VERSION})"
         )
     return int(parts[0]), int(parts[1])
 

@@ -1,0 +1,127 @@
+"""The `Aggregator` base: what every aggregation strategy (built-in or yours) implements.
+
+An aggregator lives for the whole run. Each round the server calls `Aggregator.start` with an
+`AggregationContext`, `Aggregator.add` once per accepted client upload (on the server's worker
+thread, as the upload arrives; uploads were already checked against the global model's layout),
+and `Aggregator.aggregate` once the round's clients are done. ``aggregate`` returns the new
+global weights as a mapping from tensor name to tensor; the server streams it into the store in
+the global model's layout (so a lazy mapping that computes each tensor on access keeps memory low).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from theoden_protocol import BlobRef
+from theoden_server.weights import Layout, iter_tensors, load_tensors, read_layout, read_tensor
+
+__all__ = ["AggregationContext", "AggregationError", "Aggregator", "ClientResult"]
+
+
+class AggregationError(RuntimeError):
+    """An aggregation cannot produce a model (no usable results, missing global model, ...)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientResult:
+    """One client's upload for a round: its safetensors file, layout and sample count."""
+
+    client: str
+    blob: BlobRef
+    path: Path
+    layout: Layout
+    num_samples: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield the client's tensors one at a time."""
+        return iter_tensors(self.path, self.layout)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor of the client's upload."""
+        with self.path.open("rb") as f:
+            return read_tensor(f, self.layout, name)
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """Load every tensor of the upload (memory grows with the model)."""
+        return load_tensors(self.path)
+
+
+@dataclass(kw_only=True)
+class AggregationContext:
+    """What an aggregator knows about the round: its number and the current global model."""
+
+    round: int | None = None
+    global_model: BlobRef | None = None
+    global_path: Path | None = None
+    layout: Layout | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None and self.global_path is not None:
+            self.layout = read_layout(self.global_path)
+
+    def global_tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor of the current global model."""
+        if self.global_path is None or self.layout is None:
+            raise AggregationError("there is no global model yet; initialise one before this aggregator runs")
+        with self.global_path.open("rb") as f:
+            return read_tensor(f, self.layout, name)
+
+    def load_global(self) -> dict[str, torch.Tensor]:
+        """Load the whole current global model."""
+        if self.global_path is None:
+            raise AggregationError("there is no global model yet; initialise one before this aggregator runs")
+        return load_tensors(self.global_path)
+
+
+class Aggregator(ABC):
+    """Base of every aggregator: collects a round's results and turns them into new global weights.
+
+    The default `add` keeps the `ClientResult` (a file reference, not tensors); subclasses that
+    can fold results as they arrive (like `FedAvg`) override it to keep memory flat. Calls come
+    from one worker thread, one at a time.
+    """
+
+    def __init__(self) -> None:
+        self.context = AggregationContext()
+        self.results: list[ClientResult] = []
+        self._count = 0
+
+    @property
+    def name(self) -> str:
+        """The aggregator's name for logs and notifications."""
+        return type(self).__name__
+
+    @property
+    def num_results(self) -> int:
+        """How many results were added this round."""
+        return self._count
+
+    def start(self, context: AggregationContext) -> None:
+        """Begin a round: forget the previous round's results."""
+        self.context = context
+        self.results = []
+        self._count = 0
+
+    def add(self, result: ClientResult) -> None:
+        """Take one accepted client result (raise to reject it; the client then counts as failed)."""
+        self.results.append(result)
+        self._count += 1
+
+    @abstractmethod
+    def aggregate(self) -> Mapping[str, torch.Tensor]:
+        """Return the new global weights (every tensor of the global model's layout).
+
+        Raises:
+            AggregationError: no model can be produced from the results.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Return the aggregator's settings, for logs and the metrics file."""
+        return {"aggregator": self.name}

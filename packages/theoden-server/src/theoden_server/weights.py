@@ -1,0 +1,308 @@
+"""Safetensors helpers: read a file's layout, stream tensors one at a time, write weights into the store.
+
+The server never unpickles anything: weights are safetensors files. This module parses and checks
+the safetensors header itself (so a malformed upload is refused with a clear message before a
+single tensor is read) and reads tensors one by one with plain file reads, so aggregating a
+model never needs more than one client tensor in memory at a time. It also holds a tiny model
+registry (mirroring the client's names) to build an initial global model from a `ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Final, NamedTuple
+
+import torch
+from torch import nn
+
+from theoden_protocol import BlobRef, ModelSpec
+from theoden_server.errors import InvalidRequest
+from theoden_server.storage import BlobStore
+
+__all__ = [
+    "MLP",
+    "Layout",
+    "TensorInfo",
+    "WeightsError",
+    "build_model",
+    "check_layout",
+    "iter_tensors",
+    "layout_of",
+    "load_tensors",
+    "model_names",
+    "read_layout",
+    "read_tensor",
+    "register_model",
+    "save_tensors",
+    "state_dict_of",
+]
+
+#: Largest safetensors header accepted (the format's own limit is 100 MB).
+MAX_HEADER_BYTES: Final = 100_000_000
+
+_DTYPES: Final[dict[str, torch.dtype]] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NAMES: Final = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+class WeightsError(InvalidRequest):
+    """Weights that are not a valid safetensors file or do not fit the global model."""
+
+    code = "invalid_weights"
+
+
+class TensorInfo(NamedTuple):
+    """One tensor of a safetensors file: dtype, shape and byte range in the data section."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int = 0
+    end: int = 0
+
+
+class Layout(dict[str, TensorInfo]):
+    """Tensor name → `TensorInfo` of one safetensors file; ``data_start`` is where data begins."""
+
+    data_start: int = 0
+
+
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def read_layout(path: str | os.PathLike[str]) -> Layout:
+    """Parse and check the header of the safetensors file at ``path``.
+
+    Raises:
+        WeightsError: the file is not a well-formed safetensors file (bad header, unknown dtype,
+            byte ranges that do not tile the data section exactly).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise WeightsError(f"weights of {size} bytes are too short to be a safetensors file")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise WeightsError(f"safetensors header length {header_len} is impossible for a file of {size} bytes")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WeightsError(f"safetensors header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WeightsError("safetensors header is not a JSON object")
+    layout = Layout()
+    layout.data_start = 8 + header_len
+    ranges: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            known = ", ".join(_DTYPES)
+            raise WeightsError(
+                f"tensor {name!r}: malformed header entry {str(entry)[:200]} (supported dtypes: {known})"
+            ) from None
+        if any(d < 0 for d in shape) or end - begin != _nbytes(dtype, shape):
+            raise WeightsError(f"tensor {name!r}: byte range [{begin}, {end}) does not match shape {list(shape)}")
+        layout[name] = TensorInfo(dtype, shape, begin, end)
+        ranges.append((begin, end, name))
+    position = 0
+    for begin, end, name in sorted(ranges):
+        if begin != position:
+            raise WeightsError(f"tensor {name!r}: data section has a gap or overlap at byte {position}")
+        position = end
+    if position != size - layout.data_start:
+        raise WeightsError(f"data section is {size - layout.data_start} bytes but the header describes {position}")
+    return layout
+
+
+def check_layout(reference: Mapping[str, TensorInfo], candidate: Mapping[str, TensorInfo]) -> None:
+    """Raise `WeightsError` unless ``candidate`` has exactly the names and shapes of ``reference``.
+
+    Floating-point tensors may differ in precision (they are cast); any other dtype must match.
+    """
+    problems: list[str] = []
+    missing = [n for n in reference if n not in candidate]
+    unknown = [n for n in candidate if n not in reference]
+    if missing:
+        problems.append(f"missing keys {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    if unknown:
+        problems.append(f"unknown keys {unknown[:5]}" + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    for name, ref in reference.items():
+        got = candidate.get(name)
+        if got is None:
+            continue
+        if got.shape != ref.shape:
+            problems.append(f"{name!r} has shape {list(got.shape)}, expected {list(ref.shape)}")
+        elif got.dtype != ref.dtype and not (got.dtype.is_floating_point and ref.dtype.is_floating_point):
+            problems.append(f"{name!r} has dtype {got.dtype}, expected {ref.dtype}")
+        if len(problems) >= 8:
+            break
+    if problems:
+        raise WeightsError("weights do not fit the global model: " + "; ".join(problems))
+
+
+def read_tensor(file: BinaryIO, layout: Layout, name: str) -> torch.Tensor:
+    """Read one tensor from an open safetensors file (no memory mapping, one copy)."""
+    info = layout[name]
+    buffer = torch.empty(info.end - info.begin, dtype=torch.uint8)
+    file.seek(layout.data_start + info.begin)
+    if buffer.numel() and file.readinto(buffer.numpy()) != buffer.numel():  # type: ignore[attr-defined]
+        raise WeightsError(f"tensor {name!r}: file ended early")
+    return buffer.view(info.dtype).reshape(info.shape)
+
+
+def iter_tensors(path: str | os.PathLike[str], layout: Layout | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every tensor of a safetensors file, one at a time."""
+    layout = read_layout(path) if layout is None else layout
+    with open(path, "rb") as f:
+        for name in layout:
+            yield name, read_tensor(f, layout, name)
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file into memory."""
+    return dict(iter_tensors(path))
+
+
+def layout_of(tensors: Mapping[str, torch.Tensor]) -> Layout:
+    """Return the layout a mapping of tensors would have when saved."""
+    layout = Layout()
+    for name, tensor in tensors.items():
+        layout[name] = TensorInfo(tensor.dtype, tuple(tensor.shape))
+    return layout
+
+
+def _header(layout: Mapping[str, TensorInfo], metadata: Mapping[str, str] | None) -> tuple[bytes, list[str]]:
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    names = list(layout)
+    for name in names:
+        info = layout[name]
+        if info.dtype not in _NAMES:
+            raise WeightsError(f"tensor {name!r}: dtype {info.dtype} cannot be stored")
+        size = _nbytes(info.dtype, info.shape)
+        header[name] = {"dtype": _NAMES[info.dtype], "shape": list(info.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors itself writes it
+    return struct.pack("<Q", len(raw)) + raw, names
+
+
+def save_tensors(
+    store: BlobStore,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    layout: Mapping[str, TensorInfo] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> BlobRef:
+    """Stream ``tensors`` into ``store`` as one safetensors blob, tensor by tensor, and return its reference.
+
+    With ``layout`` the output has exactly that layout: each tensor is looked up by name (so a
+    lazy mapping can produce it just in time), checked for shape and cast to the layout's dtype.
+    """
+    layout = layout_of(tensors) if layout is None else layout
+    head, names = _header(layout, metadata)
+    with store.writer() as writer:
+        writer.write(head)
+        for name in names:
+            info = layout[name]
+            tensor = tensors[name]
+            if tuple(tensor.shape) != info.shape:
+                raise WeightsError(f"tensor {name!r} has shape {list(tensor.shape)}, expected {list(info.shape)}")
+            data = tensor.detach().to(device="cpu", dtype=info.dtype).contiguous().reshape(-1)
+            if data.numel():
+                writer.write(memoryview(data.view(torch.uint8).numpy()))
+            del data
+        return writer.commit()
+
+
+def state_dict_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the model's parameters and buffers as detached CPU tensors."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+# -- server-side model registry ----------------------------------------------------------------
+
+ModelFactory = Callable[..., nn.Module]
+_MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a model factory under ``name`` (use the same name and code as on the clients)."""
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        _MODELS[name] = factory
+        return factory
+
+    return decorate
+
+
+def model_names() -> list[str]:
+    """Return the names of the registered models."""
+    return sorted(_MODELS)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build the model named by ``spec`` with its keyword arguments.
+
+    Raises:
+        InvalidRequest: the name is not registered, or the arguments do not fit the factory.
+    """
+    factory = _MODELS.get(spec.name)
+    if factory is None:
+        raise InvalidRequest(f"unknown model {spec.name!r}; registered models: {', '.join(model_names())}")
+    try:
+        return factory(**spec.kwargs)
+    except TypeError as exc:
+        raise InvalidRequest(f"model {spec.name!r} does not accept {dict(spec.kwargs)}: {exc}") from None
+
+
+class MLP(nn.Module):
+    """A multi-layer perceptron: flatten, then Linear+ReLU(+Dropout) per hidden layer, then Linear.
+
+    Its state-dict keys are ``layers.<i>.weight`` / ``layers.<i>.bias`` of one ``nn.Sequential``.
+    """
+
+    def __init__(
+        self, in_features: int = 784, hidden: list[int] | int = 64, num_classes: int = 10, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        sizes = [hidden] if isinstance(hidden, int) else list(hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for size in sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits for a batch ``x``."""
+        return self.layers(x)  # type: ignore[no-any-return]
+
+
+register_model("mlp")(MLP)
