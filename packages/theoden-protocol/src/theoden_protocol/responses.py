@@ -29,15 +29,18 @@ class ServerResponse(WireStruct, tag_field="type", frozen=True):
     """Base of every server → client response."""
 
 
-class LoginResponse(ServerResponse, tag="token", kw_only=True, frozen=True):
-    """An access token: send it as ``Authorization: Bearer <access_token>``; it expires after ``expires_in`` s."""
+class LoginResponse(ServerResponse, tag="token", kw_only=True, frozen=True, omit_defaults=False):
+    """An access token: send it as ``Authorization: Bearer <access_token>``; it expires after ``expires_in`` s.
+
+    Every field is always sent (OAuth2 clients require ``token_type``).
+    """
 
     access_token: str
     token_type: str = "bearer"
     expires_in: int
 
 
-class RegisterResponse(ServerResponse, tag="registered", kw_only=True, frozen=True):
+class RegisterResponse(ServerResponse, tag="registered", kw_only=True, frozen=True, omit_defaults=False):
     """The client joined the run as ``client_name``; it should send a heartbeat every ``heartbeat_interval`` s."""
 
     client_name: Name

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from theoden_server.errors import TheodenError
+from theoden_server.errors import InvalidRequest, TheodenError
 
 __all__ = ["CliError", "Plan", "build_parser", "load_plan", "main"]
 
@@ -176,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         _error(str(error))
         return error.exit_code
+    except InvalidRequest as error:  # a bad name, role or password given on the command line
+        _error(error.detail)
+        return EXIT_USAGE
     except TheodenError as error:
         _error(error.detail)
         return EXIT_FAILURE
@@ -296,8 +299,10 @@ def _run(args: argparse.Namespace) -> int:
             " --ssl-certfile/--ssl-keyfile (see `theoden-server certs create`), or --insecure-http behind a TLS proxy",
             exit_code=EXIT_USAGE,
         )
-    if not 0 < args.port < 65536:
-        raise CliError(f"--port must be between 1 and 65535, not {args.port}", exit_code=EXIT_USAGE)
+    if not 0 <= args.port < 65536:
+        raise CliError(
+            f"--port must be between 0 (any free port) and 65535, not {args.port}", exit_code=EXIT_USAGE
+        )
     plan = load_plan(args.plan)
     if args.rabbitmq is None and not args.users.is_file():
         raise CliError(
@@ -312,7 +317,10 @@ def _run(args: argparse.Namespace) -> int:
     run_name = args.run_name or plan.run_name or args.plan.stem
     jwt_secret_file = args.jwt_secret_file or args.users.parent / "jwt-secret"
 
-    from theoden_server.start import start_server  # imported late: it pulls in the whole server
+    try:
+        from theoden_server.start import start_server  # imported late: it pulls in the whole server
+    except ImportError as error:
+        raise CliError(f"cannot start the server: {error} (is theoden-server fully installed?)") from error
 
     result = start_server(
         plan.instructions,

@@ -7,6 +7,7 @@ from typing import ClassVar
 from theoden_protocol import IncompatibleVersionError, ProtocolError, TheodenError
 
 __all__ = [
+    "BadRequest",
     "BlobIntegrityError",
     "Conflict",
     "Forbidden",
@@ -25,6 +26,13 @@ class ServerError(TheodenError):
     """Base of the server's own errors; ``status`` is the HTTP status a transport answers with."""
 
     code: ClassVar[str] = "server_error"
+    status: ClassVar[int] = 400
+
+
+class BadRequest(ServerError):
+    """Malformed input (an invalid blob id, a body that is not what the route takes)."""
+
+    code: ClassVar[str] = "bad_request"
     status: ClassVar[int] = 400
 
 

@@ -157,7 +157,7 @@ def _check_name(name: object) -> str:
 
 def _check_role(role: object) -> Role:
     try:
-        return Role(role)
+        return Role(role if isinstance(role, str) else "")
     except ValueError:
         choices = ", ".join(r.value for r in Role)
         raise InvalidRequest(f"invalid role {role!r}: choose one of {choices}") from None
@@ -197,6 +197,7 @@ class UsersFile:
         self.path = Path(path)
         self._users: dict[str, _Entry] = dict(users or {})
         self._lock = threading.Lock()
+        self._stamp = _file_stamp(self.path)
 
     @classmethod
     def load(cls, path: Path | str) -> UsersFile:
@@ -206,6 +207,7 @@ class UsersFile:
             SecurityConfigError: the file cannot be read or is not a valid users file.
         """
         path = Path(path)
+        stamp = _file_stamp(path)  # taken before reading, so a change made meanwhile is seen by the next reload
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -217,7 +219,30 @@ class UsersFile:
             document = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise SecurityConfigError(f"users file {path} is not valid TOML: {error}") from None
-        return cls(path, _parse_users(path, document))
+        users = cls(path, _parse_users(path, document))
+        users._stamp = stamp
+        return users
+
+    def reload_if_changed(self) -> bool:
+        """Re-read :attr:`path` if another process changed it since it was loaded or saved here.
+
+        Lets a running server pick up ``theoden-server users add|remove`` without a restart. Unsaved
+        changes made in this process are replaced by the file's content.
+
+        Returns:
+            Whether the users were re-read.
+
+        Raises:
+            SecurityConfigError: the changed file is malformed (the current users stay in force).
+        """
+        stamp = _file_stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        fresh = UsersFile.load(self.path)
+        with self._lock:
+            self._users, self._stamp = fresh._users, fresh._stamp
+        logger.info("reloaded users file %s (%d users)", self.path, len(fresh._users))
+        return True
 
     def save(self) -> None:
         """Write the users to :attr:`path` atomically, readable by the owner only (mode 0600)."""
@@ -235,6 +260,7 @@ class UsersFile:
                     "",
                 ]
             write_private_file(self.path, "\n".join(lines).encode("utf-8"))
+            self._stamp = _file_stamp(self.path)
 
     def add(
         self, name: str, *, role: Role | str = Role.CLIENT, password: str | None = None, replace: bool = False
@@ -327,6 +353,14 @@ class UsersFile:
 
     def __repr__(self) -> str:
         return f"UsersFile({str(self.path)!r}, users={len(self)})"
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
 
 
 def _parse_users(path: Path, document: dict[str, Any]) -> dict[str, _Entry]:

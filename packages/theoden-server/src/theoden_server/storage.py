@@ -22,7 +22,7 @@ from typing import BinaryIO, Final
 import msgspec
 
 from theoden_protocol import SAFETENSORS_MEDIA_TYPE, BlobRef
-from theoden_server.errors import BlobIntegrityError, InvalidRequest, NotFound, PayloadTooLarge
+from theoden_server.errors import BadRequest, BlobIntegrityError, InvalidRequest, NotFound, PayloadTooLarge
 
 __all__ = ["DEFAULT_MAX_BLOB_BYTES", "BlobStore", "BlobWriter", "validate_blob_id"]
 
@@ -33,9 +33,9 @@ _COPY_CHUNK: Final = 1024 * 1024
 
 
 def validate_blob_id(blob_id: str) -> str:
-    """Return ``blob_id`` if it is a lower-case hex SHA-256, else raise `InvalidRequest`."""
+    """Return ``blob_id`` if it is a lower-case hex SHA-256, else raise `BadRequest`."""
     if not isinstance(blob_id, str) or not _ID_PATTERN.match(blob_id):
-        raise InvalidRequest(f"blob id {blob_id[:80]!r} is not a lower-case hex SHA-256 digest (64 characters 0-9a-f)")
+        raise BadRequest(f"blob id {blob_id[:80]!r} is not a lower-case hex SHA-256 digest (64 characters 0-9a-f)")
     return blob_id
 
 

@@ -4,7 +4,6 @@ from collections.abc import Iterator
 
 import pytest
 from argon2 import PasswordHasher
-
 from theoden_server import security
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from theoden_server.certs import create_ca, create_server_certificate, create_test_pki
 
 
@@ -55,9 +54,11 @@ def tls_server(cert: Path, key: Path) -> Iterator[int]:
 
 
 def fetch(port: int, context: ssl.SSLContext, server_hostname: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
-            return tls.recv(5)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=server_hostname) as tls,
+    ):
+        return tls.recv(5)
 
 
 def test_pki_files_and_permissions(pki: dict[str, Path]) -> None:
@@ -81,7 +82,8 @@ def test_server_certificate_profile(pki: dict[str, Path]) -> None:
     assert cert.issuer == ca.subject
     cert.verify_directly_issued_by(ca)
     ca_constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-    assert ca_constraints.ca is True and ca_constraints.path_length == 0
+    assert ca_constraints.ca is True
+    assert ca_constraints.path_length == 0
 
 
 @pytest.mark.parametrize("hostname", ["localhost", "127.0.0.1"])
@@ -132,7 +134,7 @@ def test_custom_hosts_and_days(tmp_path: Path) -> None:
 
 
 def test_existing_files_are_not_overwritten(tmp_path: Path) -> None:
-    ca_cert, ca_key = create_ca(tmp_path)
+    _, ca_key = create_ca(tmp_path)
     before = ca_key.read_bytes()
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         create_ca(tmp_path)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from argon2 import extract_parameters
 from argon2.low_level import Type
-
 from theoden_server.security import generate_password, hash_password, verify_password
 
 

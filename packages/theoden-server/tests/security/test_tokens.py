@@ -9,7 +9,6 @@ from pathlib import Path
 
 import jwt
 import pytest
-
 from theoden_server.errors import Unauthorized
 from theoden_server.security import (
     Principal,
@@ -34,7 +33,8 @@ def test_issue_and_verify_round_trip() -> None:
 
     assert expires_in == 600
     principal = issuer.verify(token)
-    assert principal == Principal("admin-1", Role.ADMIN) and principal.is_admin
+    assert principal == Principal("admin-1", Role.ADMIN)
+    assert principal.is_admin
     claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="theoden")
     assert set(claims) == {"sub", "role", "iat", "exp", "iss", "aud", "jti"}
     assert claims["exp"] - claims["iat"] == 600
@@ -161,7 +161,8 @@ def test_secret_file_is_created_private_and_reused_so_tokens_survive_a_restart(t
     second = load_jwt_secret(secret_file=file)
 
     # Assert
-    assert first == second and len(first) >= 32
+    assert first == second
+    assert len(first) >= 32
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
     assert TokenIssuer(second).verify(token) == ALICE
     assert [p.name for p in file.parent.iterdir()] == ["jwt-secret"]

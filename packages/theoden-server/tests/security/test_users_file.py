@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import os
-import statistics
 import stat
+import statistics
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
-
 from theoden_server import security
 from theoden_server.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from theoden_server.security import (
@@ -32,7 +31,8 @@ def test_round_trip_add_save_load_authenticate(tmp_path: Path) -> None:
     # Prepare
     path = tmp_path / "conf" / "users.toml"
     users = UsersFile.load(path)
-    assert len(users) == 0 and users.path == path
+    assert len(users) == 0
+    assert users.path == path
 
     # Execute
     generated = users.add("hospital-a")
@@ -43,13 +43,17 @@ def test_round_trip_add_save_load_authenticate(tmp_path: Path) -> None:
     # Assert
     assert mode_of(path) == 0o600
     assert loaded.names() == ["admin.1", "hospital-a"]
-    assert "hospital-a" in loaded and "nobody" not in loaded and len(loaded) == 2
+    assert "hospital-a" in loaded
+    assert "nobody" not in loaded
+    assert len(loaded) == 2
     assert loaded.role_of("admin.1") is Role.ADMIN
     assert loaded.authenticate("hospital-a", generated) == Principal("hospital-a", Role.CLIENT)
     admin = loaded.authenticate("admin.1", "a long admin password")
-    assert admin.is_admin and not Principal("x", Role.CLIENT).is_admin
+    assert admin.is_admin
+    assert not Principal("x", Role.CLIENT).is_admin
     text = path.read_text()
-    assert generated not in text and "a long admin password" not in text
+    assert generated not in text
+    assert "a long admin password" not in text
     assert "$argon2id$" in text
 
 
@@ -181,7 +185,9 @@ def test_malformed_files_give_clear_errors(tmp_path: Path, content: str, message
 
 def test_hand_written_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "users.toml"
-    path.write_text(f"# comment\n[users.carol]\nrole = 'admin'\npassword_hash = '{hash_password('carol password 1')}'\n")
+    path.write_text(
+        f"# comment\n[users.carol]\nrole = 'admin'\npassword_hash = '{hash_password('carol password 1')}'\n"
+    )
     assert UsersFile.load(path).authenticate("carol", "carol password 1").is_admin
 
 
@@ -197,5 +203,36 @@ def test_outdated_hash_parameters_are_upgraded_on_login(tmp_path: Path, monkeypa
 
     # Assert
     new_hash = users._users["a"].password_hash
-    assert new_hash != old_hash and ",t=2," in new_hash
+    assert new_hash != old_hash
+    assert ",t=2," in new_hash
     assert users.authenticate("a", password).name == "a"
+
+
+def test_running_server_picks_up_changes_from_the_cli(tmp_path: Path) -> None:
+    # Prepare: the server has loaded the file; an admin then adds a user from another process
+    path = tmp_path / "users.toml"
+    UsersFile(path).save()
+    server_view = UsersFile.load(path)
+    assert not server_view.reload_if_changed()
+    admin_view = UsersFile.load(path)
+    password = admin_view.add("late-hospital")
+    admin_view.save()
+
+    # Execute
+    reloaded = server_view.reload_if_changed()
+
+    # Assert
+    assert reloaded
+    assert server_view.authenticate("late-hospital", password).name == "late-hospital"
+    assert not server_view.reload_if_changed()
+
+
+def test_malformed_reload_keeps_the_current_users(tmp_path: Path) -> None:
+    path = tmp_path / "users.toml"
+    users = UsersFile(path)
+    users.add("a")
+    users.save()
+    path.write_text("[users\n")
+    with pytest.raises(SecurityConfigError, match="not valid TOML"):
+        users.reload_if_changed()
+    assert "a" in users

@@ -1,0 +1,310 @@
+"""The Litestar application: routes under ``/api/v1`` over one `Server`."""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import anyio.to_thread
+import msgspec
+from litestar import Litestar, Request, Router, get, post, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
+from litestar.params import FromPath, JSONBody, URLEncodedBody
+from litestar.response import File
+
+from theoden_protocol import (
+    BlobRef,
+    CommandResponse,
+    LoginResponse,
+    PullCommand,
+    ServerRequest,
+    ServerResponse,
+    StatusUpdate,
+    Ack,
+)
+from theoden_protocol._base import family_union
+from theoden_server.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from theoden_server.rest.errors import EXCEPTION_HANDLERS
+from theoden_server.rest.longpoll import LongPollHub
+from theoden_server.security import Principal, TokenIssuer, UsersFile
+from theoden_server.server import Server
+from theoden_server.storage import BlobStore, validate_blob_id
+
+__all__ = ["RestContext", "RestSettings", "TokenForm", "create_app"]
+
+logger = logging.getLogger("theoden.server.rest")
+
+API_PREFIX = "/api/v1"
+_UPLOAD_FLUSH_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestSettings:
+    """Knobs of the REST interface."""
+
+    max_wait: float = 30.0
+    """Longest a pull request is held (the client's ``wait`` is capped to this)."""
+    max_request_bytes: int = 4 * 1024 * 1024
+    """Largest JSON body accepted on ``/requests`` and ``/status``."""
+    openapi: bool = True
+    """Serve the OpenAPI schema and its UI under ``/api/v1/schema``."""
+
+
+@dataclass(kw_only=True)
+class RestContext:
+    """What the handlers need, held in ``app.state``."""
+
+    server: Server
+    users: UsersFile
+    tokens: TokenIssuer
+    store: BlobStore
+    settings: RestSettings
+    hub: LongPollHub = field(default_factory=LongPollHub)
+
+
+class TokenForm(msgspec.Struct, kw_only=True):
+    """OAuth2 password grant form (``application/x-www-form-urlencoded``)."""
+
+    username: str
+    password: str
+    grant_type: str = "password"
+    scope: str = ""
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+def _ctx(state: State) -> RestContext:
+    ctx: RestContext = state["theoden"]
+    return ctx
+
+
+async def provide_ctx(state: State) -> RestContext:
+    """Dependency: the app's context."""
+    return _ctx(state)
+
+
+async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
+    """Dependency: the authenticated caller, from the bearer token (401 otherwise)."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized(
+            f"missing bearer token: log in at POST {API_PREFIX}/auth/token and send 'Authorization: Bearer <token>'"
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    ctx = _ctx(state)
+    principal = ctx.tokens.verify(token.strip())
+    if principal.name not in ctx.users:
+        raise Unauthorized(f"user {principal.name!r} no longer exists; ask the operator for an account")
+    return principal
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+
+@post("/auth/token", status_code=200, security=[], tags=["auth"], summary="Log in (OAuth2 password flow)")
+async def issue_token(
+    data: URLEncodedBody[TokenForm], ctx: NamedDependency[RestContext]
+) -> LoginResponse:
+    """Exchange a username and password for a bearer JWT."""
+    if data.grant_type != "password":
+        raise BadRequest(f"grant_type must be 'password', not {data.grant_type[:40]!r}")
+    principal = await anyio.to_thread.run_sync(ctx.users.authenticate, data.username, data.password)
+    token, expires_in = ctx.tokens.issue(principal)
+    return LoginResponse(access_token=token, expires_in=expires_in)
+
+
+# -- requests and status -------------------------------------------------------------------------
+
+
+async def _long_poll(ctx: RestContext, request: PullCommand, client: str) -> ServerResponse:
+    wait = min(request.wait, ctx.settings.max_wait)
+    deadline = time.monotonic() + wait
+    server = ctx.server
+    while True:
+        event = ctx.hub.register(client)
+        try:
+            response = server.process_server_request(request, client)
+            remaining = deadline - time.monotonic()
+            if not isinstance(response, CommandResponse) or response.command is not None or remaining <= 0:
+                return response
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+        finally:
+            ctx.hub.unregister(client, event)
+
+
+async def _dispatch(ctx: RestContext, data: ServerRequest, principal: Principal) -> ServerResponse:
+    if isinstance(data, PullCommand):
+        if data.client_name is not None and data.client_name != principal.name:
+            raise Forbidden(f"you are authenticated as {principal.name!r} and may not pull for {data.client_name!r}")
+        return await _long_poll(ctx, data, principal.name)
+    if isinstance(data, StatusUpdate):
+        return await anyio.to_thread.run_sync(ctx.server.process_status_update, data, principal.name)
+    return ctx.server.process_server_request(data, principal.name, is_admin=principal.is_admin)
+
+
+def _requests_handler() -> Any:
+    async def handle_request(data: Any, principal: Any, ctx: Any) -> Any:
+        """Process any server request; a pull may wait up to its ``wait`` seconds for a command."""
+        return await _dispatch(ctx, data, principal)
+
+    handle_request.__annotations__ = {
+        "data": JSONBody[family_union(ServerRequest)],  # type: ignore[misc]
+        "principal": NamedDependency[Principal],
+        "ctx": NamedDependency[RestContext],
+        "return": family_union(ServerResponse),
+    }
+    return post("/requests", status_code=200, tags=["requests"], summary="Send a server request")(handle_request)
+
+
+@post("/status", status_code=200, tags=["requests"], summary="Report a command's status")
+async def post_status(data: JSONBody[StatusUpdate], principal: NamedDependency[Principal], ctx: NamedDependency[RestContext]) -> Ack:
+    """Report that a command started, finished (with its results) or failed."""
+    return await anyio.to_thread.run_sync(ctx.server.process_status_update, data, principal.name)
+
+
+# -- storage -------------------------------------------------------------------------------------
+
+
+@put("/storage/{blob_id:str}", status_code=201, request_max_body_size=None, tags=["storage"], summary="Upload a blob")
+async def upload_blob(request: Request[Any, Any, Any], blob_id: FromPath[str], principal: NamedDependency[Principal], ctx: NamedDependency[RestContext]) -> BlobRef:
+    """Stream a blob into the store; ``blob_id`` must be the SHA-256 of the body."""
+    validate_blob_id(blob_id)
+    store = ctx.store
+    length_header = request.headers.get("content-length")
+    length = int(length_header) if length_header and length_header.isdigit() else None
+    if length is not None and length > store.max_blob_bytes:
+        raise PayloadTooLarge(f"blob of {length} bytes is larger than the limit of {store.max_blob_bytes} bytes")
+    claimed = request.headers.get("x-content-sha256")
+    if claimed is not None and claimed != blob_id:
+        raise BadRequest("X-Content-SHA256 differs from the blob id in the path")
+    media_type = request.headers.get("content-type") or "application/octet-stream"
+    writer = store.writer(media_type=media_type[:128], owner=principal.name, expected_sha256=blob_id, expected_size=length)
+    try:
+        pending: list[bytes] = []
+        pending_bytes = 0
+        async for chunk in request.stream():
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= _UPLOAD_FLUSH_BYTES:
+                await anyio.to_thread.run_sync(writer.write, b"".join(pending))
+                pending.clear()
+                pending_bytes = 0
+        if pending:
+            await anyio.to_thread.run_sync(writer.write, b"".join(pending))
+        return await anyio.to_thread.run_sync(writer.commit)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+@get("/storage/{blob_id:str}", tags=["storage"], summary="Download a blob")
+async def download_blob(blob_id: FromPath[str], principal: NamedDependency[Principal], ctx: NamedDependency[RestContext]) -> File:
+    """Stream a blob the caller may read (the global model; a client's own uploads)."""
+    store = ctx.store
+    path = store.path(blob_id)
+    if not store.can_read(blob_id, principal.name, is_admin=principal.is_admin):
+        raise Forbidden(f"blob {blob_id} is not readable by {principal.name!r}: it is another client's upload")
+    ref = store.ref(blob_id)
+    return File(
+        path,
+        media_type=ref.media_type,
+        headers={"X-Content-SHA256": ref.sha256},
+        content_disposition_type="inline",
+        filename=f"{blob_id}.safetensors",
+    )
+
+
+# -- health and admin ----------------------------------------------------------------------------
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """Liveness of the server."""
+
+    status: str
+    run_name: str
+    finished: bool
+    waiting_pulls: int
+
+
+@get("/health", security=[], tags=["health"], summary="Liveness (no authentication)")
+async def health(ctx: NamedDependency[RestContext]) -> Health:
+    """Say that the server is up and which run it serves."""
+    return Health(
+        status="ok", run_name=ctx.server.run_name, finished=ctx.server.finished.is_set(), waiting_pulls=ctx.hub.waiting
+    )
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def create_app(
+    server: Server,
+    *,
+    users: UsersFile,
+    tokens: TokenIssuer,
+    store: BlobStore | None = None,
+    settings: RestSettings | None = None,
+    extra_route_handlers: list[Any] | None = None,
+) -> Litestar:
+    """Build the Litestar app serving ``server`` under ``/api/v1``."""
+    settings = settings or RestSettings()
+    ctx = RestContext(server=server, users=users, tokens=tokens, store=store or server.store, settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        ctx.hub.bind(asyncio.get_running_loop(), server.subscribe)
+        try:
+            yield
+        finally:
+            ctx.hub.close()
+
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=[
+            issue_token,
+            _requests_handler(),
+            post_status,
+            upload_blob,
+            download_blob,
+            health,
+            *(extra_route_handlers or []),
+        ],
+        dependencies={"ctx": Provide(provide_ctx), "principal": Provide(provide_principal)},
+    )
+    openapi = OpenAPIConfig(
+        title="TheODen server",
+        version="0.1.0",
+        path=f"{API_PREFIX}/schema",
+        render_plugins=[SwaggerRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "OAuth2": SecurityScheme(
+                    type="oauth2",
+                    description="Log in with a username and password to get a bearer JWT.",
+                    flows=OAuthFlows(password=OAuthFlow(token_url=f"{API_PREFIX}/auth/token", scopes={})),
+                )
+            }
+        ),
+        security=[{"OAuth2": []}],
+    )
+    return Litestar(
+        route_handlers=[api],
+        state=State({"theoden": ctx}),
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_request_bytes,
+        openapi_config=openapi if settings.openapi else None,
+        lifespan=[lifespan],
+        debug=False,
+    )
