@@ -20,6 +20,8 @@ _ALLOWED: Final = frozenset(
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
+        # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1"): pure data.
+        ("_codecs", "encode"),
     }
 )
 

@@ -66,9 +66,7 @@ def random_crop(*, padding: int = 4) -> Augmentation:
         h, w = batch.shape[-2:]
         padded = torch.nn.functional.pad(batch, (padding, padding, padding, padding))
         offsets = torch.randint(0, 2 * padding + 1, (batch.shape[0], 2))
-        return torch.stack(
-            [padded[i, ..., dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
-        )
+        return torch.stack([padded[i, ..., dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
     return Augmentation(fn)
 

@@ -121,7 +121,7 @@ def train(
             y = y.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = objective(model(x), y)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             if scheduler is not None and scheduler.interval == "step":
                 scheduler.scheduler.step()

@@ -61,6 +61,12 @@ def _resolve_users(users: str | os.PathLike[str] | UsersFile | None, run_dir: Pa
     return UsersFile.load(path)
 
 
+def _with_defaults(given: list[Any], defaults: list[Any]) -> list[Any]:
+    """Add each default watcher whose type the user did not already supply."""
+    given_types = {type(w) for w in given}
+    return [*(d for d in defaults if type(d) not in given_types), *given]
+
+
 def build_server(
     instructions: Sequence[Any],
     run_name: str = "theoden-run",
@@ -79,10 +85,16 @@ def build_server(
     max_wait: float = 30.0,
     min_successful_clients: int | None = None,
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    default_watchers: bool = True,
 ) -> BuiltServer:
-    """Create the run directory, store, security and `Server` with its REST app, without serving."""
+    """Create the run directory, store, security and `Server` with its REST app, without serving.
+
+    With ``default_watchers`` the run collects metrics (``metrics.jsonl``), tracks and saves the best
+    model (``best_model.safetensors``) and logs its progress, besides any watchers given.
+    """
     from theoden_server.rest import RestSettings, create_app
     from theoden_server.server import Server
+    from theoden_server.watchers import BestModelDetector, BestModelSaver, LoggingWatcher, MetricCollector
 
     directory = Path(run_dir) if run_dir is not None else Path("runs") / run_name
     directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +109,10 @@ def build_server(
         run_dir=directory,
         permanent_conditions=list(permanent_conditions or ()),
         open_distribution=open_distribution,
-        watchers=[*(watchers or ()), *(watcher or ())],
+        watchers=_with_defaults(
+            [*(watchers or ()), *(watcher or ())],
+            [MetricCollector(), BestModelDetector(), BestModelSaver(), LoggingWatcher()] if default_watchers else [],
+        ),
         heartbeat_timeout=heartbeat_timeout,
         heartbeat_interval=heartbeat_interval,
         max_wait=max_wait,
@@ -111,9 +126,10 @@ def _log_to_run_dir(run_dir: Path, level: int) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "server.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)
-    root = logging.getLogger("theoden")
+    root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(min(root.level or level, level))
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
     return handler
 
 
@@ -251,7 +267,7 @@ def start_server(
                 amqp.stop()
         server.stop()
         sock.close()
-        logging.getLogger("theoden").removeHandler(handler)
+        logging.getLogger().removeHandler(handler)
         handler.close()
         logger.info("server stopped; results are in %s", built.run_dir)
     return server

@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class RestTransport(Transport):
         *,
         username: str,
         password: str,
-        ca_file: str | Path | None = None,
+        ca_file: str | PathLike[str] | None = None,
         timeout: float = 30.0,
         poll_margin: float = 15.0,
         http_transport: httpx.BaseTransport | None = None,
@@ -168,9 +169,7 @@ class RestTransport(Transport):
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"cannot reach {self.server_url}: {type(exc).__name__}: {exc}") from exc
 
-    def _authed(
-        self, build: Callable[[dict[str, str]], httpx.Request], *, stream: bool = False
-    ) -> httpx.Response:
+    def _authed(self, build: Callable[[dict[str, str]], httpx.Request], *, stream: bool = False) -> httpx.Response:
         """Send with a bearer token; on 401 log in again once and retry. Returns a 2xx response."""
         token = self._current_token()
         response = self._send(lambda: build({"Authorization": f"Bearer {token}"}), stream=stream)
@@ -271,7 +270,9 @@ class RestTransport(Transport):
             BlobIntegrityError: Size or digest differ from ``ref`` (the file is removed).
             ServerUnavailable: The connection broke during the transfer.
         """
-        response = self._authed(lambda auth: self._http.build_request("GET", f"/storage/{ref.id}", headers=auth), stream=True)
+        response = self._authed(
+            lambda auth: self._http.build_request("GET", f"/storage/{ref.id}", headers=auth), stream=True
+        )
         sink: BlobSink | None = None
         try:
             announced = response.headers.get("X-Content-SHA256")

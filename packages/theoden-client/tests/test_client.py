@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from theoden_client import Backoff, Client, CommandAllowlist, default_executors
+from theoden_client.errors import AuthenticationError, ServerUnavailable, UndecodableCommandError
+from theoden_client.executors import ExecutionContext
+from theoden_protocol import (
+    Command,
+    DatasetSpec,
+    ExecutionResponse,
+    Exit,
+    LoadDataset,
+    PrintResourceKeys,
+    Sequential,
+    Train,
+    register,
+)
+
+from ._fakes import FakeTransport
+
+# NOTE: these tests drive the loop against FakeTransport. A reconnect test against a real server
+# process (uvicorn, killed and restarted mid-run) belongs in integration_tests/ once theoden-server
+# exists (issue 5 follow-up).
+
+
+@register
+class Hello(Command, tag="test_client_hello", kw_only=True):
+    """A user command for the tests."""
+
+    greeting: str = "hi"
+    sleep: float = 0.0
+
+
+def hello(command: Hello, ctx: ExecutionContext) -> ExecutionResponse:
+    if command.sleep:
+        time.sleep(command.sleep)
+    return ExecutionResponse(details={"echo": command.greeting})
+
+
+def make_client(fake: FakeTransport, tmp_path: Path, **kwargs: object) -> Client:
+    executors = default_executors()
+    executors.register(Hello, hello)
+    options: dict[str, object] = {
+        "data_root": tmp_path,
+        "executors": executors,
+        "progress": "off",
+        "backoff": Backoff(initial=0.01, maximum=0.05, rng=random.Random(0)),
+    }
+    options.update(kwargs)
+    return Client(fake, **options)  # type: ignore[arg-type]
+
+
+def test_loop_reports_started_then_finished_and_exits(tmp_path: Path) -> None:
+    hi, exit_ = Hello(greeting="hello"), Exit(reason="run over")
+    fake = FakeTransport([hi, None, exit_])
+    client = make_client(fake, tmp_path)
+
+    reason = client.run(handle_signals=False)
+
+    assert reason == "run over"
+    assert fake.statuses_of(hi.uuid) == ["started", "finished"]
+    assert fake.final(hi.uuid).response.details == {"echo": "hello"}  # type: ignore[union-attr]
+    assert fake.statuses_of(exit_.uuid) == ["started", "finished"]
+    assert all(s.client_name == "site-a" for s in fake.statuses)
+    assert fake.logins == fake.registrations == 1
+    assert fake.requests[0].protocol_version == "1.0"  # type: ignore[attr-defined]
+
+
+def test_a_failing_command_is_failed_and_the_client_keeps_running(tmp_path: Path) -> None:
+    bad, good = Train(steps=1), Hello()
+    fake = FakeTransport([bad, good])
+    make_client(fake, tmp_path).run(handle_signals=False)
+    failed = fake.final(bad.uuid)
+    assert failed.status == "failed"
+    assert "ResourceNotFoundError" in (failed.response.error or "")  # type: ignore[union-attr]
+    assert fake.final(good.uuid).status == "finished"
+
+
+def test_command_without_executor_fails_clearly(tmp_path: Path) -> None:
+    command = Hello()
+    fake = FakeTransport([command])
+    client = make_client(fake, tmp_path)
+    client.context.executors.unregister(Hello)
+    client.run(handle_signals=False)
+    assert "no executor for command type 'test_client_hello'" in (fake.final(command.uuid).response.error or "")  # type: ignore[union-attr]
+
+
+def test_undecodable_command_is_failed_by_uuid(tmp_path: Path) -> None:
+    fake = FakeTransport([UndecodableCommandError("unknown type 'alien'", uuid="abc123", type="alien"), Hello()])
+    make_client(fake, tmp_path).run(handle_signals=False)
+    failed = fake.final("abc123")
+    assert failed.status == "failed"
+    assert "alien" in (failed.response.error or "")
+    assert fake.statuses_of("abc123") == ["failed"]
+
+
+def test_allowlist_refuses_commands_and_nested_children(tmp_path: Path) -> None:
+    plain = LoadDataset(dataset=DatasetSpec(name="synthetic"))
+    nested = Sequential(commands=[Hello(), Train(steps=1)])
+    allowed = Hello()
+    fake = FakeTransport([plain, nested, allowed])
+    make_client(fake, tmp_path, allowlist=CommandAllowlist.parse("test_client_hello")).run(handle_signals=False)
+
+    assert fake.statuses_of(plain.uuid) == ["failed"]  # refused before it started
+    assert "load_dataset" in (fake.final(plain.uuid).response.error or "")  # type: ignore[union-attr]
+    error = fake.final(nested.uuid).response.error or ""  # type: ignore[union-attr]
+    assert "CommandRefusedError" in error
+    assert "train" in error
+    assert fake.final(allowed.uuid).status == "finished"
+
+
+def test_reconnects_with_backoff_until_the_server_returns(tmp_path: Path) -> None:
+    command = Hello()
+    fake = FakeTransport([command])
+    fake.fail["login"] = 3
+    backoff = Backoff(initial=0.01, maximum=0.02, rng=random.Random(1))
+    delays: list[float] = []
+    original = backoff.next_delay
+
+    def recording() -> float:
+        delays.append(original())
+        return delays[-1]
+
+    backoff.next_delay = recording  # type: ignore[method-assign]
+    make_client(fake, tmp_path, backoff=backoff).run(handle_signals=False)
+
+    assert len(delays) == 3
+    assert all(0 < d <= 0.02 for d in delays)
+    assert fake.logins == 1
+    assert fake.final(command.uuid).status == "finished"
+
+
+def test_reconnect_after_a_lost_pull_registers_again(tmp_path: Path) -> None:
+    command = Hello()
+    fake = FakeTransport([ServerUnavailable("connection reset"), command])
+    make_client(fake, tmp_path).run(handle_signals=False)
+    assert fake.registrations == 2
+    assert fake.logins == 2
+    assert fake.final(command.uuid).status == "finished"
+
+
+def test_an_undelivered_result_is_sent_after_reconnecting(tmp_path: Path) -> None:
+    command = Hello(greeting="keep me")
+    fake = FakeTransport([command])
+    fake.fail["status:finished"] = 2  # the first try and the first flush after reconnecting fail
+    client = make_client(fake, tmp_path)
+    client.run(handle_signals=False)
+
+    final = fake.final(command.uuid)
+    assert final.status == "finished"
+    assert final.response.details == {"echo": "keep me"}
+    assert fake.registrations >= 2
+    assert not client.pending
+    # the result arrived before the next command (the exit) was pulled and run
+    uuids = [s.command_uuid for s in fake.statuses if s.status == "finished"]
+    assert uuids.index(command.uuid) < len(uuids) - 1
+
+
+def test_gives_up_after_max_reconnect_attempts(tmp_path: Path) -> None:
+    fake = FakeTransport()
+    fake.fail["login"] = 100
+    with pytest.raises(ServerUnavailable, match="gave up after 3 failed reconnect attempts"):
+        make_client(fake, tmp_path, max_reconnect_attempts=3).run(handle_signals=False)
+
+
+def test_wrong_credentials_are_fatal(tmp_path: Path) -> None:
+    fake = FakeTransport()
+
+    def refuse() -> None:
+        raise AuthenticationError(401, "invalid_credentials", "wrong password")
+
+    fake.login = refuse  # type: ignore[method-assign]
+    with pytest.raises(AuthenticationError, match="wrong password"):
+        make_client(fake, tmp_path).run(handle_signals=False)
+
+
+def test_heartbeats_continue_during_a_long_command(tmp_path: Path) -> None:
+    fake = FakeTransport([Hello(sleep=0.5)], heartbeat_interval=0.05)
+    make_client(fake, tmp_path).run(handle_signals=False)
+    assert fake.heartbeats >= 4
+
+
+def test_stop_from_another_thread_interrupts_training(tmp_path: Path) -> None:
+    from .test_executors import setup_commands
+
+    long_train = Train(steps=1_000_000)
+    fake = FakeTransport([setup_commands(), long_train])
+    client = make_client(fake, tmp_path)
+
+    def stop_once_training_started() -> None:
+        deadline = time.monotonic() + 30
+        while not fake.statuses_of(long_train.uuid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        client.stop("operator stop")
+
+    threading.Thread(target=stop_once_training_started, daemon=True).start()
+    assert client.run(handle_signals=False) == "operator stop"
+    error = fake.final(long_train.uuid).response.error or ""  # type: ignore[union-attr]
+    assert "ShutdownRequested" in error
+    assert "shutting down" in error
+
+
+def test_sigterm_while_polling_exits_cleanly(tmp_path: Path) -> None:
+    fake = FakeTransport([None] * 1000)
+    fake.pull_delay = 0.05
+    client = make_client(fake, tmp_path)
+    timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGTERM))
+    timer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    reason = client.run()
+    timer.join()
+    assert reason == "interrupted by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert fake.queue  # it stopped long before the queue ran out
+
+
+def test_print_resource_keys_through_the_loop(tmp_path: Path) -> None:
+    command = PrintResourceKeys()
+    fake = FakeTransport([command])
+    client = make_client(fake, tmp_path)
+    client.resources.set("model", object())
+    client.run(handle_signals=False)
+    assert fake.final(command.uuid).response.details == {"resources": {"model": "object"}}  # type: ignore[union-attr]
+
+
+def test_close_closes_the_transport_and_removes_the_workdir(tmp_path: Path) -> None:
+    fake = FakeTransport()
+    client = make_client(fake, tmp_path)
+    workdir = client.context.workdir
+    assert workdir.is_dir()
+    client.close()
+    assert fake.closed
+    assert not workdir.exists()
+
+
+def test_non_finite_metrics_are_dropped_not_sent(tmp_path: Path) -> None:
+    command = Hello()
+    fake = FakeTransport([command])
+    client = make_client(fake, tmp_path)
+    client.context.executors.register(
+        Hello,
+        lambda c, ctx: ExecutionResponse(metrics={"train/loss": float("nan"), "ok": 1.0}),
+        override=True,
+    )
+    client.run(handle_signals=False)
+    response = fake.final(command.uuid).response
+    assert response is not None
+    assert response.metrics == {"ok": 1.0}
+    assert response.details == {"non_finite_metrics": "train/loss"}
