@@ -1,1 +1,117 @@
-"""TheODen server."""
+"""TheODen server: the core that decides what every client does, and the transports around it.
+
+This package's top level imports nothing from the transports (Litestar, pika), so the core can
+be used and tested on its own.
+"""
+
+from __future__ import annotations
+
+from theoden_server.aggregation import (
+    AggregationContext,
+    AggregationError,
+    Aggregator,
+    ClientResult,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedOpt,
+    FedYogi,
+    TrimmedMean,
+)
+from theoden_server.operations import (
+    Action,
+    Aggregation,
+    AllClients,
+    ClosedDistribution,
+    Condition,
+    Distribution,
+    DistributionStatus,
+    ExitRun,
+    InitGlobalModel,
+    InitGlobalModelFromClient,
+    Instruction,
+    InstructionBundle,
+    LoadGlobalModel,
+    MultiRoundTraining,
+    NamedClients,
+    NClients,
+    OpenDistribution,
+    OperationManager,
+    RandomFraction,
+    RequireAllClients,
+    RequireClients,
+    RequireNumberOfClients,
+    RequirePercentageOfClients,
+    Selector,
+    TrainingRound,
+    ValidationRound,
+    replace_nested,
+)
+from theoden_server.server import CHUNK_SIZE, Server
+from theoden_server.storage import BlobStore
+from theoden_server.topology import ClientStatus, Topology
+from theoden_server.watchers import (
+    BestModelDetector,
+    BestModelSaver,
+    LoggingWatcher,
+    MetricCollector,
+    Notification,
+    Watcher,
+    WatcherPool,
+)
+from theoden_server.weights import register_model
+
+__all__ = [
+    "CHUNK_SIZE",
+    "Action",
+    "Aggregation",
+    "AggregationContext",
+    "AggregationError",
+    "Aggregator",
+    "AllClients",
+    "BestModelDetector",
+    "BestModelSaver",
+    "BlobStore",
+    "ClientResult",
+    "ClientStatus",
+    "ClosedDistribution",
+    "Condition",
+    "Distribution",
+    "DistributionStatus",
+    "ExitRun",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedMedian",
+    "FedOpt",
+    "FedYogi",
+    "InitGlobalModel",
+    "InitGlobalModelFromClient",
+    "Instruction",
+    "InstructionBundle",
+    "LoadGlobalModel",
+    "LoggingWatcher",
+    "MetricCollector",
+    "MultiRoundTraining",
+    "NClients",
+    "NamedClients",
+    "Notification",
+    "OpenDistribution",
+    "OperationManager",
+    "RandomFraction",
+    "RequireAllClients",
+    "RequireClients",
+    "RequireNumberOfClients",
+    "RequirePercentageOfClients",
+    "Selector",
+    "Server",
+    "Topology",
+    "TrainingRound",
+    "TrimmedMean",
+    "ValidationRound",
+    "Watcher",
+    "WatcherPool",
+    "register_model",
+    "replace_nested",
+]

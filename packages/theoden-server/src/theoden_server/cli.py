@@ -156,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-exit-on-finish", action="store_true", help="keep serving after the plan is done")
     run.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds of silence after which a client is offline and its open commands fail (default: 30)",
+    )
+    run.add_argument(
+        "--min-successful-clients",
+        type=int,
+        metavar="N",
+        help="fewest successful clients a round needs to aggregate; fewer fail the run (default: aggregate what arrived)",
+    )
+    run.add_argument("--max-wait", type=float, default=30.0, metavar="S", help="longest a pull is held (default: 30)")
+    run.add_argument("--token-ttl", type=int, default=3600, metavar="S", help="token lifetime (default: 3600)")
+    run.add_argument(
         "--insecure-http",
         action="store_true",
         help="allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy)",
@@ -337,5 +352,27 @@ def _run(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         exit_on_finish=not args.no_exit_on_finish,
         jwt_secret_file=jwt_secret_file,
+        **_tuning(args),
     )
     return result if isinstance(result, int) else EXIT_OK
+
+
+def _tuning(args: argparse.Namespace) -> dict[str, Any]:
+    """Server knobs given on the command line (only those that differ from start_server's defaults)."""
+    for option, value in (("--heartbeat-timeout", args.heartbeat_timeout), ("--max-wait", args.max_wait)):
+        if value <= 0:
+            raise CliError(f"{option} must be positive, not {value}", exit_code=EXIT_USAGE)
+    if args.token_ttl <= 0:
+        raise CliError(f"--token-ttl must be positive, not {args.token_ttl}", exit_code=EXIT_USAGE)
+    if args.min_successful_clients is not None and args.min_successful_clients < 1:
+        raise CliError("--min-successful-clients must be at least 1", exit_code=EXIT_USAGE)
+    tuning: dict[str, Any] = {}
+    if args.heartbeat_timeout != 30.0:
+        tuning["heartbeat_timeout"] = args.heartbeat_timeout
+    if args.max_wait != 30.0:
+        tuning["max_wait"] = args.max_wait
+    if args.token_ttl != 3600:
+        tuning["token_ttl"] = args.token_ttl
+    if args.min_successful_clients is not None:
+        tuning["min_successful_clients"] = args.min_successful_clients
+    return tuning

@@ -96,6 +96,8 @@ def build_server(
     from theoden_server.server import Server
     from theoden_server.watchers import BestModelDetector, BestModelSaver, LoggingWatcher, MetricCollector
 
+    # clients must beat well inside the timeout, or a busy client would be declared dead
+    heartbeat_interval = min(heartbeat_interval, heartbeat_timeout / 3)
     directory = Path(run_dir) if run_dir is not None else Path("runs") / run_name
     directory.mkdir(parents=True, exist_ok=True)
     store = BlobStore(directory / "blobs", max_blob_bytes=max_blob_bytes)

@@ -14,13 +14,12 @@ import math
 import os
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, BinaryIO, Final, NamedTuple
 
 import torch
+from theoden_protocol import BlobRef, ModelSpec
 from torch import nn
 
-from theoden_protocol import BlobRef, ModelSpec
 from theoden_server.errors import InvalidRequest
 from theoden_server.storage import BlobStore
 
@@ -161,22 +160,36 @@ def check_layout(reference: Mapping[str, TensorInfo], candidate: Mapping[str, Te
         raise WeightsError("weights do not fit the global model: " + "; ".join(problems))
 
 
-def read_tensor(file: BinaryIO, layout: Layout, name: str) -> torch.Tensor:
-    """Read one tensor from an open safetensors file (no memory mapping, one copy)."""
+def read_tensor(file: BinaryIO, layout: Layout, name: str, *, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor from an open safetensors file (no memory mapping, one copy).
+
+    With ``buffer`` (a uint8 tensor at least as large as the tensor) the bytes land in it and the
+    result is a view of it, so repeated reads allocate nothing.
+    """
     info = layout[name]
-    buffer = torch.empty(info.end - info.begin, dtype=torch.uint8)
+    size = info.end - info.begin
+    target = buffer[:size] if buffer is not None and buffer.numel() >= size else torch.empty(size, dtype=torch.uint8)
     file.seek(layout.data_start + info.begin)
-    if buffer.numel() and file.readinto(buffer.numpy()) != buffer.numel():  # type: ignore[attr-defined]
+    if size and file.readinto(target.numpy()) != size:  # type: ignore[attr-defined]
         raise WeightsError(f"tensor {name!r}: file ended early")
-    return buffer.view(info.dtype).reshape(info.shape)
+    return target.view(info.dtype).reshape(info.shape)
 
 
-def iter_tensors(path: str | os.PathLike[str], layout: Layout | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every tensor of a safetensors file, one at a time."""
+def iter_tensors(
+    path: str | os.PathLike[str], layout: Layout | None = None, *, reuse_buffer: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every tensor of a safetensors file, one at a time.
+
+    With ``reuse_buffer`` every tensor is a view of one shared buffer, valid only until the next
+    one is yielded (for streaming consumers such as a running sum; memory: the largest tensor).
+    """
     layout = read_layout(path) if layout is None else layout
+    buffer = None
+    if reuse_buffer and layout:
+        buffer = torch.empty(max(info.end - info.begin for info in layout.values()), dtype=torch.uint8)
     with open(path, "rb") as f:
         for name in layout:
-            yield name, read_tensor(f, layout, name)
+            yield name, read_tensor(f, layout, name, buffer=buffer)
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -282,7 +295,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
 class MLP(nn.Module):
     """A multi-layer perceptron: flatten, then Linear+ReLU(+Dropout) per hidden layer, then Linear.
 
-    Its state-dict keys are ``layers.<i>.weight`` / ``layers.<i>.bias`` of one ``nn.Sequential``.
+    Its state-dict keys are ``net.<i>.weight`` / ``net.<i>.bias`` of one ``nn.Sequential``, the same as the
+    client's ``mlp``, so a global model built here loads strictly on every client.
     """
 
     def __init__(
@@ -298,11 +312,11 @@ class MLP(nn.Module):
                 layers.append(nn.Dropout(dropout))
             width = size
         layers.append(nn.Linear(width, num_classes))
-        self.layers = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits for a batch ``x``."""
-        return self.layers(x)  # type: ignore[no-any-return]
+        return self.net(x)  # type: ignore[no-any-return]
 
 
 register_model("mlp")(MLP)

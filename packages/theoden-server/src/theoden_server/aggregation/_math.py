@@ -22,14 +22,31 @@ __all__ = [
     "weighted_mean",
 ]
 
+#: Elements folded at a time (bounds the temporary float64 copy to 2 MiB).
+_SLICE = 1 << 18
+
 FedOptVariant = Literal["adagrad", "adam", "yogi"]
 
 
-def fold_weighted(acc: torch.Tensor | None, tensor: torch.Tensor, weight: float) -> torch.Tensor:
-    """Add ``weight * tensor`` to the float64 running sum ``acc`` (created when ``None``) and return it."""
+def fold_weighted(
+    acc: torch.Tensor | None, tensor: torch.Tensor, weight: float, *, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Add ``weight * tensor`` to the float64 running sum ``acc`` (created when ``None``) and return it.
+
+    The tensor is converted to float64 in slices of at most ``_SLICE`` elements; with ``scratch``
+    (a float64 tensor of at least that many elements) the conversion reuses it and folding
+    allocates nothing, which keeps a long-running server's heap from fragmenting.
+    """
     if acc is None:
         acc = torch.zeros(tensor.shape, dtype=torch.float64)
-    acc.add_(tensor, alpha=weight)
+    flat_acc, flat = acc.view(-1), tensor.reshape(-1)
+    for start in range(0, flat.numel(), _SLICE):
+        part = flat[start : start + _SLICE]
+        if scratch is not None and part.dtype != torch.float64:
+            converted = scratch[: part.numel()]
+            converted.copy_(part)
+            part = converted
+        flat_acc[start : start + part.numel()].add_(part, alpha=weight)
     return acc
 
 
@@ -83,9 +100,7 @@ def trimmed_mean(tensors: Sequence[torch.Tensor], beta: float) -> torch.Tensor:
     return stacked[k : n - k].mean(dim=0)
 
 
-def second_moment(
-    variant: FedOptVariant, v: torch.Tensor, delta: torch.Tensor, beta_2: float
-) -> torch.Tensor:
+def second_moment(variant: FedOptVariant, v: torch.Tensor, delta: torch.Tensor, beta_2: float) -> torch.Tensor:
     """Return the new second moment of FedAdagrad, FedAdam or FedYogi (Reddi et al. 2021, Alg. 2)."""
     square = delta * delta
     if variant == "adagrad":

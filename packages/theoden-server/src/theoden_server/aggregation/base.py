@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from theoden_protocol import BlobRef
+
 from theoden_server.weights import Layout, iter_tensors, load_tensors, read_layout, read_tensor
 
 __all__ = ["AggregationContext", "AggregationError", "Aggregator", "ClientResult"]
@@ -39,9 +39,9 @@ class ClientResult:
     num_samples: int | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield the client's tensors one at a time."""
-        return iter_tensors(self.path, self.layout)
+    def tensors(self, *, reuse_buffer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield the client's tensors one at a time (see `iter_tensors` for ``reuse_buffer``)."""
+        return iter_tensors(self.path, self.layout, reuse_buffer=reuse_buffer)
 
     def tensor(self, name: str) -> torch.Tensor:
         """Read one tensor of the client's upload."""

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from theoden_server.aggregation._math import fold_weighted, merge_non_float
+from theoden_server.aggregation._math import _SLICE, fold_weighted, merge_non_float
 from theoden_server.aggregation.base import AggregationContext, AggregationError, Aggregator, ClientResult
-from theoden_server.weights import WeightsError
+from theoden_server.weights import WeightsError, read_tensor
 
 __all__ = ["FedAvg"]
 
@@ -57,11 +57,14 @@ class FedAvg(Aggregator):
         self._others: dict[str, torch.Tensor] = {}
         self._total = 0.0
         self._broken: str | None = None
+        self._scratch: torch.Tensor | None = None
+        self._buffer: torch.Tensor | None = None
 
     def start(self, context: AggregationContext) -> None:
         """Reset the running sums for a new round."""
         super().start(context)
         self._sums, self._others, self._total, self._broken = {}, {}, 0.0, None
+        self._scratch = self._buffer = None
 
     def weight_of(self, result: ClientResult) -> float:
         """Return the weight of a result (its sample count, or 1 when unweighted)."""
@@ -74,12 +77,24 @@ class FedAvg(Aggregator):
     def add(self, result: ClientResult) -> None:
         """Fold the result into the running sums, one tensor at a time."""
         weight = self.weight_of(result)
+        if not self._sums:  # allocate every running sum at once: no heap fragmentation between uploads
+            self._sums = {
+                name: torch.zeros(info.shape, dtype=torch.float64)
+                for name, info in result.layout.items()
+                if info.dtype.is_floating_point
+            }
+            self._scratch = torch.empty(_SLICE, dtype=torch.float64)
+            self._buffer = torch.empty(
+                max((info.end - info.begin for info in result.layout.values()), default=0), dtype=torch.uint8
+            )
         try:
-            for name, tensor in result.tensors():
-                if tensor.is_floating_point():
-                    self._sums[name] = fold_weighted(self._sums.get(name), tensor, weight)
-                else:
-                    self._others[name] = merge_non_float(self._others.get(name), tensor)
+            with result.path.open("rb") as f:
+                for name in result.layout:
+                    tensor = read_tensor(f, result.layout, name, buffer=self._buffer)
+                    if tensor.is_floating_point():
+                        self._sums[name] = fold_weighted(self._sums.get(name), tensor, weight, scratch=self._scratch)
+                    else:
+                        self._others[name] = merge_non_float(self._others.get(name), tensor)
         except Exception as exc:  # a half-folded upload would skew the mean: the round cannot be trusted
             self._broken = f"reading the upload of {result.client} failed halfway: {exc}"
             raise

@@ -151,7 +151,9 @@ class BestModelDetector(Watcher):
         if better:
             self.best, self.best_round = value, notification.round
             pool.notify(
-                NewBestModelNotification(round=notification.round, model=notification.model, metric=self.metric, value=value)
+                NewBestModelNotification(
+                    round=notification.round, model=notification.model, metric=self.metric, value=value
+                )
             )
 
 
@@ -228,7 +230,12 @@ class LoggingWatcher(Watcher):
             self.log.log(self.level, "%s %s: %s (%d clients)", n.phase, n.round, shown, n.num_clients)
         elif isinstance(n, AggregationCompletedNotification):
             self.log.log(
-                self.level, "round %s aggregated by %s from %d results %s", n.round, n.aggregator, n.num_results, n.message
+                self.level,
+                "round %s aggregated by %s from %d results %s",
+                n.round,
+                n.aggregator,
+                n.num_results,
+                n.message,
             )
         elif isinstance(n, NewBestModelNotification):
             self.log.log(self.level, "new best model in round %s: %s=%.4g", n.round, n.metric, n.value)

@@ -1,0 +1,76 @@
+"""Topology, selectors and conditions on their own."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from theoden_server.operations import (
+    AllClients,
+    NamedClients,
+    NClients,
+    RandomFraction,
+    RequireAllClients,
+    RequireClients,
+    RequireNumberOfClients,
+    RequirePercentageOfClients,
+)
+from theoden_server.topology import ClientStatus, Topology
+
+
+def test_topology_marks_silent_clients_offline_and_back_online() -> None:
+    # Prepare
+    now = [100.0]
+    topology = Topology(heartbeat_timeout=10, clock=lambda: now[0])
+    assert topology.join("a") == (True, False)
+    topology.join("b")
+
+    # Execute
+    now[0] = 105
+    topology.touch("b")
+    now[0] = 111
+    expired = topology.expire()
+
+    # Assert
+    assert expired == ["a"]
+    assert topology.online_clients() == ["b"]
+    assert topology.get("a").status is ClientStatus.OFFLINE
+    assert topology.touch("a") is True
+    assert topology.online_clients() == ["a", "b"]
+    assert topology.join("a") == (False, False)
+    with pytest.raises(KeyError):
+        topology.touch("nobody")
+
+
+def test_selectors() -> None:
+    clients = [f"c{i}" for i in range(10)]
+    assert AllClients().select(clients) == clients
+    assert NClients(3).select(clients) == ["c0", "c1", "c2"]
+    assert NamedClients(["c5", "zz", "c1"]).select(clients) == ["c1", "c5"]
+    draws = [RandomFraction(0.25, seed=4).select(clients) for _ in range(2)]
+    assert draws[0] == draws[1]
+    assert len(draws[0]) == 3
+    sequence = RandomFraction(0.5, seed=1)
+    rounds = [tuple(sequence.select(clients)) for _ in range(5)]
+    assert len(set(rounds)) > 1  # the draw changes round by round, repeatably
+    assert rounds == [tuple(s) for s in (lambda r: [r.select(clients) for _ in range(5)])(RandomFraction(0.5, seed=1))]
+    assert len(NClients(2, seed=3).select(clients)) == 2
+    assert RandomFraction(0.1, seed=0, minimum=2).select(clients[:3]).__len__() == 2
+
+
+def fake_server(ready: list[str], known: list[str]) -> SimpleNamespace:
+    return SimpleNamespace(ready_clients=lambda: ready, topology=SimpleNamespace(clients=lambda: known))
+
+
+def test_conditions() -> None:
+    server = fake_server(["a", "b"], ["a", "b", "c"])
+    assert RequireNumberOfClients(2).resolved(server)
+    assert not RequireNumberOfClients(3).resolved(server)
+    assert RequireClients(["b"]).resolved(server)
+    assert not RequireClients(["b", "c"]).resolved(server)
+    assert RequirePercentageOfClients(0.6).resolved(server)
+    assert not RequirePercentageOfClients(0.7).resolved(server)
+    assert RequirePercentageOfClients(0.5, total=4).resolved(server)
+    assert not RequireAllClients().resolved(server)
+    assert RequireAllClients(["a"]).resolved(server)
+    assert not RequireAllClients().resolved(fake_server([], []))

@@ -1,0 +1,118 @@
+"""Safetensors helpers: layouts, validation, streamed reading and writing."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load, save
+from theoden_protocol import ModelSpec
+from theoden_server.errors import InvalidRequest
+from theoden_server.storage import BlobStore
+from theoden_server.weights import (
+    WeightsError,
+    build_model,
+    check_layout,
+    iter_tensors,
+    layout_of,
+    read_layout,
+    save_tensors,
+)
+
+
+def tensors() -> dict[str, torch.Tensor]:
+    return {
+        "a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "b": torch.tensor(3, dtype=torch.int64),
+        "c": torch.ones(4, dtype=torch.bfloat16),
+        "d": torch.tensor([True, False]),
+        "e": torch.zeros(0, 5),
+    }
+
+
+def test_streamed_roundtrip_is_readable_by_safetensors_both_ways(tmp_path: Path) -> None:
+    # Prepare
+    store = BlobStore(tmp_path)
+    original = tensors()
+
+    # Execute
+    ref = save_tensors(store, original, metadata={"round": "1"})
+    ours = dict(iter_tensors(store.path(ref.id)))
+    path = tmp_path / "theirs.safetensors"
+    path.write_bytes(save(original))
+    theirs = dict(iter_tensors(path))
+
+    # Assert
+    for loaded in (load(store.read_bytes(ref.id)), ours, theirs):
+        assert loaded.keys() == original.keys()
+        for key, value in original.items():
+            assert loaded[key].dtype == value.dtype
+            assert torch.equal(loaded[key], value)
+
+
+def test_layout_and_cast_on_write(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    layout = layout_of({"a": torch.zeros(2, dtype=torch.float16)})
+    ref = save_tensors(store, {"a": torch.tensor([1.5, 2.0], dtype=torch.float64)}, layout=layout)
+    assert load(store.read_bytes(ref.id))["a"].dtype == torch.float16
+    with pytest.raises(WeightsError, match="shape"):
+        save_tensors(store, {"a": torch.zeros(3)}, layout=layout)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"abc", "too short"),
+        (struct.pack("<Q", 10**9) + b"{}", "impossible"),
+        (struct.pack("<Q", 3) + b"{x}", "not valid JSON"),
+        (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+    ],
+)
+def test_malformed_files_are_refused(tmp_path: Path, payload: bytes, message: str) -> None:
+    path = tmp_path / "bad"
+    path.write_bytes(payload)
+    with pytest.raises(WeightsError, match=message):
+        read_layout(path)
+
+
+def _file(tmp_path: Path, header: dict, data: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path = tmp_path / "f"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def test_inconsistent_byte_ranges_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="does not match shape"):
+        read_layout(_file(tmp_path, {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4))
+    with pytest.raises(WeightsError, match="data section"):
+        read_layout(_file(tmp_path, {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8))
+    header = {
+        "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]},
+    }
+    with pytest.raises(WeightsError, match="gap or overlap"):
+        read_layout(_file(tmp_path, header, b"\0" * 6))
+    with pytest.raises(WeightsError, match="malformed header entry"):
+        read_layout(_file(tmp_path, {"a": {"dtype": "PICKLE", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4))
+
+
+def test_check_layout_reports_what_does_not_fit() -> None:
+    reference = layout_of({"w": torch.zeros(2, 2), "n": torch.zeros(1, dtype=torch.int64)})
+    check_layout(
+        reference, layout_of({"w": torch.zeros(2, 2, dtype=torch.float64), "n": torch.zeros(1, dtype=torch.int64)})
+    )
+    with pytest.raises(WeightsError, match=r"'n' has dtype torch.float32, expected torch.int64"):
+        check_layout(reference, layout_of({"w": torch.zeros(2, 2), "n": torch.zeros(1)}))
+
+
+def test_server_side_model_registry() -> None:
+    model = build_model(ModelSpec(name="mlp", kwargs={"in_features": 8, "hidden": [4, 4], "num_classes": 3}))
+    assert model(torch.zeros(2, 8)).shape == (2, 3)
+    with pytest.raises(InvalidRequest, match="unknown model 'nope'; registered models: mlp"):
+        build_model(ModelSpec(name="nope"))
+    with pytest.raises(InvalidRequest, match="does not accept"):
+        build_model(ModelSpec(name="mlp", kwargs={"bogus": 1}))
