@@ -50,8 +50,8 @@ class Deployment:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
-    def start_server(self, plan: Path, *extra: str, timeout: float = 60) -> str:
-        command = [sys.executable, "-m", "theoden_server", "run", str(plan), "--port", "0",
+    def start_server(self, plan: Path, *extra: str, timeout: float = 60, port: int = 0) -> str:
+        command = [sys.executable, "-m", "theoden_server", "run", str(plan), "--port", str(port),
                    "--users", str(self.root / "users.toml"), "--run-dir", str(self.run_dir), *extra]
         if self.tls:
             command += ["--ssl-certfile", str(self.pki["cert"]), "--ssl-keyfile", str(self.pki["key"])]
