@@ -60,6 +60,8 @@ from theoden_server.watchers import (
     Watcher,
     WatcherPool,
 )
+from theoden_server.protection import OperationBlacklist, OperationProtection, OperationWhitelist
+from theoden_server.start import build_server, start_server
 from theoden_server.weights import register_model
 
 __all__ = [
@@ -95,6 +97,9 @@ __all__ = [
     "MetricCollector",
     "MultiRoundTraining",
     "NClients",
+    "OperationBlacklist",
+    "OperationProtection",
+    "OperationWhitelist",
     "NamedClients",
     "Notification",
     "OpenDistribution",
@@ -112,6 +117,8 @@ __all__ = [
     "ValidationRound",
     "Watcher",
     "WatcherPool",
+    "build_server",
     "register_model",
+    "start_server",
     "replace_nested",
 ]

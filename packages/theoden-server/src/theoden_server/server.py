@@ -41,6 +41,7 @@ from theoden_server.errors import Conflict, Forbidden, InvalidRequest, NotFound,
 from theoden_server.operations.conditions import Condition
 from theoden_server.operations.instructions import Instruction
 from theoden_server.operations.manager import OperationManager
+from theoden_server.protection import OperationProtection
 from theoden_server.operations.open_distribution import OpenDistribution
 from theoden_server.storage import BlobStore, BlobWriter, validate_blob_id
 from theoden_server.topology import Topology
@@ -97,6 +98,7 @@ class Server:
         max_wait: Longest a pull may long-poll (told to clients; the transport enforces it).
         min_successful_clients: Fewest usable results for a round to aggregate; fewer fail the
             run loudly. ``None``: aggregate whatever arrived (none keeps the global model).
+        protection: Which request types the server processes at all (see `OperationWhitelist`).
     """
 
     def __init__(
@@ -113,8 +115,10 @@ class Server:
         heartbeat_interval: float = 5.0,
         max_wait: float = 30.0,
         min_successful_clients: int | None = None,
+        protection: OperationProtection | None = None,
     ) -> None:
         self.run_name = run_name
+        self.protection = protection or OperationProtection()
         self.store = store
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,6 +265,7 @@ class Server:
             NotFound / InvalidRequest / PayloadTooLarge / IncompatibleVersionError: bad input
                 (nothing is changed).
         """
+        self._check_allowed(request)
         if isinstance(request, StatusUpdate):
             return self.process_status_update(request, client_name)
         self._check_identity(request.client_name, client_name)
@@ -284,6 +289,7 @@ class Server:
             NotFound: no command with that uuid was handed out.
             Conflict: the command is another client's, already final, or the client never registered.
         """
+        self._check_allowed(update)
         self._check_identity(update.client_name, client_name)
         self._touch(client_name)
         self.operations.handle_status(client_name, update)
@@ -310,6 +316,11 @@ class Server:
         if handler is not None:
             return handler(self, request, client)
         raise InvalidRequest(f"the server does not handle {type(request).__name__} requests")
+
+    def _check_allowed(self, request: ServerRequest) -> None:
+        if not self.protection.allows(request):
+            tag = type(request).__struct_config__.tag
+            raise Forbidden(f"this server does not accept {tag!r} requests (operation protection)")
 
     def _check_identity(self, claimed: str | None, client: str) -> None:
         if claimed is not None and claimed != client:

@@ -86,6 +86,7 @@ def build_server(
     min_successful_clients: int | None = None,
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     default_watchers: bool = True,
+    protection: Any | None = None,
 ) -> BuiltServer:
     """Create the run directory, store, security and `Server` with its REST app, without serving.
 
@@ -119,6 +120,7 @@ def build_server(
         heartbeat_interval=heartbeat_interval,
         max_wait=max_wait,
         min_successful_clients=min_successful_clients,
+        protection=protection,
     )
     app = create_app(server, users=users_file, tokens=tokens, store=store, settings=RestSettings(max_wait=max_wait))
     return BuiltServer(server=server, app=app, users=users_file, tokens=tokens, store=store, run_dir=directory)
@@ -160,6 +162,7 @@ def start_server(
     max_wait: float = 30.0,
     min_successful_clients: int | None = None,
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    protection: Any | None = None,
     log_level: str = "info",
 ) -> Server:
     """Run a TheODen server until its plan is done (``exit_on_finish``) or SIGINT/SIGTERM.
@@ -187,6 +190,7 @@ def start_server(
         max_wait: longest a pull request is held open.
         min_successful_clients: fewest successful clients a round needs to aggregate.
         max_blob_bytes: largest upload accepted (413 above).
+        protection: which request types the server accepts at all (`OperationWhitelist` / `OperationBlacklist`).
         log_level: uvicorn and server log level.
 
     Returns:
@@ -213,6 +217,7 @@ def start_server(
         max_wait=max_wait,
         min_successful_clients=min_successful_clients,
         max_blob_bytes=max_blob_bytes,
+        protection=protection,
     )
     level = getattr(logging, log_level.upper(), logging.INFO)
     handler = _log_to_run_dir(built.run_dir, level)

@@ -153,3 +153,15 @@ async def test_oversized_json_body_is_413(api: Api) -> None:
     response = await api.client.post("/api/v1/requests", content=big, headers=headers)
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
+
+
+async def test_operation_protection_refuses_request_types_with_403(api: Api) -> None:
+    from theoden_protocol import BlobChunkGet, BlobDownload
+    from theoden_server.protection import OperationBlacklist
+
+    await _post(api, "alice", RegisterRequest())
+    api.built.server.protection = OperationBlacklist(BlobDownload, BlobChunkGet)
+    status, error = await _post(api, "alice", BlobDownload(blob_id="0" * 64))
+    assert status == 403
+    assert "'blob_download'" in error["detail"]
+    assert (await _post(api, "alice", Heartbeat()))[0] == 200

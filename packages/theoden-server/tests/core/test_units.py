@@ -74,3 +74,17 @@ def test_conditions() -> None:
     assert not RequireAllClients().resolved(server)
     assert RequireAllClients(["a"]).resolved(server)
     assert not RequireAllClients().resolved(fake_server([], []))
+
+
+def test_operation_whitelist_and_blacklist() -> None:
+    from theoden_protocol import BlobDownload, Heartbeat, PullCommand, StatusUpdate
+    from theoden_server.protection import OperationBlacklist, OperationProtection, OperationWhitelist
+
+    white = OperationWhitelist(PullCommand, StatusUpdate)
+    assert white.allows(PullCommand(wait=1))
+    assert white.allows(StatusUpdate)
+    assert not white.allows(Heartbeat())
+    black = OperationBlacklist(BlobDownload)
+    assert not black.allows(BlobDownload(blob_id="a"))
+    assert black.allows(Heartbeat())
+    assert OperationProtection().allows(Heartbeat())
