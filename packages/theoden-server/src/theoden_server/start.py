@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -137,6 +138,10 @@ def _log_to_run_dir(run_dir: Path, level: int) -> logging.Handler:
     return handler
 
 
+def _note_stop_signal(signum: int, _frame: object) -> None:
+    logger.info("received %s: stopped", signal.Signals(signum).name)
+
+
 def start_server(
     instructions: Sequence[Any],
     run_name: str = "theoden-run",
@@ -266,6 +271,11 @@ def start_server(
     endpoint = ServerEndpoint(url=url, host=host, port=bound_port, tls=tls, pid=os.getpid())
     (built.run_dir / "endpoint.json").write_bytes(msgspec.json.encode(endpoint))
     logger.info("serving run %s at %s (run directory %s)", run_name, url, built.run_dir)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
+        # previous handler; a quiet handler turns a requested stop into a normal exit (code 0).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _note_stop_signal)
     try:
         web.run(sockets=[sock])
     finally:

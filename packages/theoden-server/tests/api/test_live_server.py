@@ -185,3 +185,12 @@ def test_a_200_mb_streamed_upload_keeps_server_memory_flat(http_server: Live) ->
     assert result["r"].json()["size"] == 200 * 1024 * 1024
     growth = peak - idle
     assert growth < 50 * 1024 * 1024, f"server RSS grew {growth / 2**20:.1f} MiB during a 200 MiB upload"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_gracefully_and_keeps_the_run_directory(http_server: Live) -> None:
+    http_server.proc.send_signal(signal.SIGTERM)
+    assert http_server.proc.wait(20) == 0
+    assert (http_server.run_dir / "server.log").read_text().strip()
+    assert (http_server.run_dir / "endpoint.json").exists()
+    assert (http_server.run_dir / "blobs").is_dir()
