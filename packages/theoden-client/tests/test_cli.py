@@ -67,13 +67,25 @@ def test_no_plain_text_password_option(capsys: pytest.CaptureFixture[str]) -> No
     assert "--password-file" in capsys.readouterr().err
 
 
-def test_rabbitmq_is_announced_for_a_later_issue(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_rabbitmq_transport_gets_the_credentials_from_the_username_and_password_file() -> None:
+    from theoden_client.start import broker_url_with_credentials
+
+    assert broker_url_with_credentials("amqp://broker:5673/run1", "site a", "p@ss/w") == (
+        "amqp://site%20a:p%40ss%2Fw@broker:5673/run1"
+    )
+    assert broker_url_with_credentials("amqps://u:pw@broker/v", "x", "y") == "amqps://u:pw@broker/v"
+    with pytest.raises(ValueError, match="amqp://"):
+        make_transport(None, "u", "p", rabbitmq="http://broker")
+
+
+def test_exactly_one_of_server_and_rabbitmq(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("x")
-    assert cli.main(["--rabbitmq", "amqp://b", "--username", "u", "--password-file", str(secret)]) == 2
-    assert "issue 7" in capsys.readouterr().err
-    with pytest.raises(NotImplementedError, match="issue 7"):
-        make_transport(None, "u", "p", rabbitmq="amqp://b")
+    with pytest.raises(SystemExit):
+        cli.main(["--server", "http://x", "--rabbitmq", "amqp://b", "--username", "u", "--password-file", str(secret)])
+    with pytest.raises(SystemExit):
+        cli.main(["--username", "u", "--password-file", str(secret)])
+    assert "exactly one of --server" in capsys.readouterr().err
 
 
 def test_plugins_are_imported_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured: dict[str, Any]) -> None:

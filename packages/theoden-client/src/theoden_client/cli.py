@@ -13,7 +13,7 @@ from pathlib import Path
 from theoden_protocol import TheodenError
 
 from theoden_client import __version__
-from theoden_client.start import RABBITMQ_NOT_READY, start_client
+from theoden_client.start import start_client
 
 __all__ = ["build_parser", "main", "read_password"]
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target = parser.add_argument_group("server")
     target.add_argument("--server", metavar="URL", help="server base URL, e.g. https://fl.example.org:8443")
-    target.add_argument("--rabbitmq", metavar="URL", help="broker URL instead of --server (coming in issue 7)")
+    target.add_argument("--rabbitmq", metavar="URL", help="broker URL instead of --server, e.g. amqps://broker.example.org/theoden (the broker user is --username)")
     target.add_argument("--ca-cert", metavar="FILE", help="CA bundle that signed the server's certificate")
     auth = parser.add_argument_group("credentials (the password is never given on the command line)")
     auth.add_argument("--username", required=True, help="this client's user name on the server")
@@ -84,11 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.rabbitmq:
-        print(f"theoden-client: {RABBITMQ_NOT_READY}", file=sys.stderr)
-        return 2
-    if not args.server:
-        parser.error("--server is required")
+    if bool(args.server) == bool(args.rabbitmq):
+        parser.error("give exactly one of --server URL (REST) or --rabbitmq URL (broker)")
     password = read_password(args)
     for module in args.plugin:
         importlib.import_module(module)
@@ -98,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.username,
             password,
             ca_cert=args.ca_cert,
+            rabbitmq=args.rabbitmq,
             data_root=args.data_root,
             allow=args.allow,
             device=args.device,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlsplit, urlunsplit
+
 import logging
 from collections.abc import Iterable
 from os import PathLike
@@ -13,12 +15,11 @@ from theoden_client.executors import ExecutorRegistry
 from theoden_client.transport.base import Transport
 from theoden_client.transport.rest import RestTransport
 
-__all__ = ["RABBITMQ_NOT_READY", "make_transport", "start_client"]
+__all__ = ["broker_url_with_credentials", "make_transport", "start_client"]
 
 logger = logging.getLogger("theoden_client")
 
 #: Message of the placeholder for the broker transport.
-RABBITMQ_NOT_READY = "RabbitMQ transport: coming in issue 7; use the REST transport (--server URL) for now"
 
 
 def make_transport(
@@ -30,17 +31,35 @@ def make_transport(
     rabbitmq: str | None = None,
     timeout: float = 30.0,
 ) -> Transport:
-    """Return the transport for ``server_url`` (REST) or ``rabbitmq`` (not yet available).
+    """Return the transport for ``server_url`` (REST) or ``rabbitmq`` (a broker URL).
+
+    The broker user is the client's name: ``username``/``password`` are put into the broker URL
+    unless it carries credentials of its own. ``ca_cert`` verifies the server (HTTPS) or the broker
+    (``amqps://``).
 
     Raises:
-        NotImplementedError: ``rabbitmq`` was given.
         ValueError: Neither a server URL nor a broker URL was given.
     """
     if rabbitmq is not None:
-        raise NotImplementedError(RABBITMQ_NOT_READY)
+        from theoden_client.transport.amqp import RabbitMQTransport
+
+        url = broker_url_with_credentials(rabbitmq, username, password)
+        return RabbitMQTransport(url, timeout=timeout, ca_file=ca_cert)
     if not server_url:
         raise ValueError("a server URL is needed, e.g. https://fl.example.org:8443")
     return RestTransport(server_url, username=username, password=password, ca_file=ca_cert, timeout=timeout)
+
+
+def broker_url_with_credentials(url: str, username: str, password: str) -> str:
+    """Return ``url`` with ``username:password`` filled in, unless it already names a user."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ValueError(f"a broker URL starts with amqp:// or amqps://, not {url.split(':', 1)[0]!r}")
+    if parts.username:
+        return url
+    host = parts.hostname or "localhost"
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def start_client(
@@ -67,7 +86,7 @@ def start_client(
         ca_cert: CA bundle that signed the server's certificate (for a private CA).
         data_root: Folder all dataset paths resolve under.
         allow: Command types (wire tags) that may run, as a list or comma-separated text; ``None``: all.
-        rabbitmq: Broker URL for the RabbitMQ transport (not available yet).
+        rabbitmq: Broker URL for the RabbitMQ transport (instead of ``server_url``); the broker user is ``username``.
         executors: Command handlers; default: the global registry with every built-in.
         device: Torch device to train on.
         poll_wait: Seconds a pull may wait on the server.

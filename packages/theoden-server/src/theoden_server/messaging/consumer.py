@@ -10,6 +10,7 @@ reconnects with capped, jittered back-off (`run_with_reconnect`) and resumes con
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions
-
 from theoden_protocol import PullCommand, codec
+
 from theoden_server.messaging.handling import Delivery, Disposition, Outcome, RequestProcessor
 from theoden_server.messaging.longpoll import ParkedPull, PullParking
 from theoden_server.messaging.reconnect import Backoff, run_with_reconnect
@@ -94,7 +95,7 @@ class RabbitMQInterface:
         self.prefetch = prefetch
         self.workers = workers
         self._params = connection_parameters(url, heartbeat=heartbeat, ca_file=ca_file)
-        self.server_user: str = self._params.credentials.username  # type: ignore[attr-defined]
+        self.server_user: str = self._params.credentials.username
         self.parking = PullParking(self._release)
         self.processor = RequestProcessor(
             server,
@@ -116,7 +117,8 @@ class RabbitMQInterface:
         self._unsubscribe: Callable[[], None] | None = None
 
     def __repr__(self) -> str:  # never shows the password
-        return f"RabbitMQInterface(user={self.server_user!r}, host={self._params.host!r}, queue={self.topology.request_queue!r})"
+        queue = self.topology.request_queue
+        return f"RabbitMQInterface(user={self.server_user!r}, host={self._params.host!r}, queue={queue!r})"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -171,12 +173,10 @@ class RabbitMQInterface:
             channel.basic_consume(self.topology.request_queue, self._on_message, auto_ack=False)
             with self._lock:
                 self._connection, self._channel = connection, channel
-            self.stats["connections"] += 1
+            self._count("connections")
             mark_consuming()
             self.connected.set()
-            logger.info(
-                "consuming %s on %s as %s", self.topology.request_queue, self._params.host, self.server_user
-            )
+            logger.info("consuming %s on %s as %s", self.topology.request_queue, self._params.host, self.server_user)
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=0.5)
         finally:
@@ -184,16 +184,12 @@ class RabbitMQInterface:
             with self._lock:
                 self._connection = self._channel = None
             if connection.is_open:
-                try:
+                with contextlib.suppress(pika.exceptions.AMQPError):
                     connection.close()
-                except pika.exceptions.AMQPError:
-                    pass
 
     # -- connection thread ---------------------------------------------------------------------
 
-    def _on_message(
-        self, channel: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes
-    ) -> None:
+    def _on_message(self, channel: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
         delivery = Delivery(
             body=body,
             user_id=properties.user_id,
@@ -204,7 +200,12 @@ class RabbitMQInterface:
         pool = self._pool
         if pool is None:
             return  # stopping: the unacknowledged message goes back to the queue
-        pool.submit(self._work, channel, method.delivery_tag, delivery)
+        with contextlib.suppress(RuntimeError):  # pool shut down: same
+            pool.submit(self._work, channel, method.delivery_tag, delivery)
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.stats[what] += 1
 
     def _call_on_connection(self, callback: Callable[[], None]) -> bool:
         with self._lock:
@@ -217,9 +218,7 @@ class RabbitMQInterface:
             return False
         return True
 
-    def _settle(
-        self, channel: BlockingChannel | None, tag: int | None, reply_to: _Reply, outcome: Outcome
-    ) -> None:
+    def _settle(self, channel: BlockingChannel | None, tag: int | None, reply_to: _Reply, outcome: Outcome) -> None:
         """On the connection thread: publish the reply, then ack / nack the delivery on its own channel."""
         body = codec.encode(outcome.reply, "msgpack") if outcome.reply is not None else None
 
@@ -232,16 +231,15 @@ class RabbitMQInterface:
                     body=body,
                     properties=pika.BasicProperties(correlation_id=reply_to.correlation_id, content_type=CONTENT_TYPE),
                 )
-            if tag is None or channel is None:
-                return
-            if channel is not current or not channel.is_open:
-                return  # the delivery's channel is gone; the broker redelivers the message
+            origin = channel
+            if tag is None or origin is not current or origin is None or not origin.is_open:
+                return  # nothing to settle, or the delivery's channel is gone (the broker redelivers it)
             if outcome.disposition is Disposition.REJECT:
-                channel.basic_nack(tag, requeue=False)
+                origin.basic_nack(tag, requeue=False)
             elif outcome.disposition is Disposition.REQUEUE:
-                channel.basic_nack(tag, requeue=True)
+                origin.basic_nack(tag, requeue=True)
             else:
-                channel.basic_ack(tag)
+                origin.basic_ack(tag)
 
         if not self._call_on_connection(settle):
             logger.debug("no connection to settle a message of %s; it will be redelivered", outcome.client)
@@ -252,21 +250,22 @@ class RabbitMQInterface:
         outcome = self.processor.handle(delivery)
         reply = _Reply(delivery.reply_to, delivery.correlation_id)
         if outcome.disposition is Disposition.REJECT:
-            self.stats["rejected"] += 1
+            self._count("rejected")
             logger.warning("dead-lettering a message (user %s): %s", delivery.user_id, outcome.reason)
         elif outcome.disposition is Disposition.REQUEUE:
-            self.stats["requeued"] += 1
+            self._count("requeued")
         else:
-            self.stats["processed"] += 1
+            self._count("processed")
         if outcome.disposition is Disposition.PARK:
-            self.stats["parked"] += 1
+            self._count("parked")
             self._settle(channel, tag, reply, Outcome(disposition=Disposition.ACK))
             self._park(outcome, reply)
             return
         self._settle(channel, tag, reply, outcome)
 
     def _park(self, outcome: Outcome, reply: _Reply) -> None:
-        assert outcome.client is not None and outcome.pull is not None
+        assert outcome.client is not None
+        assert outcome.pull is not None
         self.parking.park(
             ParkedPull(
                 client=outcome.client,
@@ -281,10 +280,8 @@ class RabbitMQInterface:
         pool = self._pool
         if pool is None or self._stop.is_set():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # pool shut down
             pool.submit(self._recheck, pull)
-        except RuntimeError:  # pool shut down
-            pass
 
     def _recheck(self, pull: ParkedPull) -> None:
         request, reply = pull.payload

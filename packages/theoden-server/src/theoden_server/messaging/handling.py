@@ -32,6 +32,7 @@ from theoden_protocol import (
     TheodenError,
     codec,
 )
+
 from theoden_server.errors import Forbidden, ProtocolError, status_of
 from theoden_server.security import USER_NAME_PATTERN
 
@@ -127,7 +128,9 @@ class RequestProcessor:
         try:
             request = codec.decode_request(delivery.body, "msgpack")
         except ProtocolError as exc:
-            return Outcome(disposition=Disposition.REJECT, client=user, reason=f"undecodable message from {user}: {exc.detail}")
+            return Outcome(
+                disposition=Disposition.REJECT, client=user, reason=f"undecodable message from {user}: {exc.detail}"
+            )
         try:
             return self._process(request, user)
         except TheodenError as exc:
@@ -141,24 +144,34 @@ class RequestProcessor:
                     client=user,
                     reason=f"{type(request).__name__} failed twice: {type(exc).__name__}: {exc}",
                     reply=ErrorResponse(
-                        code="internal_error", detail="the server failed to handle this request; the error was logged", status=500
+                        code="internal_error",
+                        detail="the server failed to handle this request; the error was logged",
+                        status=500,
                     ),
                 )
-            logger.warning("%s from %s failed (%s: %s); retrying once", type(request).__name__, user, type(exc).__name__, exc)
+            logger.warning(
+                "%s from %s failed (%s: %s); retrying once", type(request).__name__, user, type(exc).__name__, exc
+            )
             return Outcome(disposition=Disposition.REQUEUE, client=user, reason=str(exc))
 
     def _process(self, request: ServerRequest, user: str) -> Outcome:
         if user == self.server_user or user in self.admin_users:
             if not isinstance(request, BlobDownload | BlobChunkGet):
-                raise Forbidden(f"broker user {user!r} is the server's own (or an admin), not a client; it may only read blobs")
+                raise Forbidden(
+                    f"broker user {user!r} is the server's own (or an admin), not a client; it may only read blobs"
+                )
             response = self.server.process_server_request(request, user, is_admin=True)
             return Outcome(disposition=Disposition.ACK, reply=response, client=user)
         if isinstance(request, StatusUpdate):
-            return Outcome(disposition=Disposition.ACK, reply=self.server.process_status_update(request, user), client=user)
+            return Outcome(
+                disposition=Disposition.ACK, reply=self.server.process_status_update(request, user), client=user
+            )
         if isinstance(request, PullCommand):
             wait = min(request.wait, self.max_wait)
             return self.poll(request, user, deadline=self._clock() + wait)
-        return Outcome(disposition=Disposition.ACK, reply=self.server.process_server_request(request, user), client=user)
+        return Outcome(
+            disposition=Disposition.ACK, reply=self.server.process_server_request(request, user), client=user
+        )
 
     def poll(self, request: PullCommand, user: str, *, deadline: float) -> Outcome:
         """Ask for a command; park the pull if there is none and its deadline is still ahead.

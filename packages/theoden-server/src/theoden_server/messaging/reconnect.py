@@ -61,9 +61,7 @@ def is_fatal(exc: BaseException, *, consuming: bool) -> bool:
         return True
     if isinstance(exc, pika.exceptions.ConnectionClosedByBroker) and exc.reply_code in (403, 530):
         return True  # access refused / not allowed (vhost permissions)
-    if isinstance(exc, pika.exceptions.AMQPChannelError) and not consuming:
-        return True
-    return False
+    return bool(isinstance(exc, pika.exceptions.AMQPChannelError) and not consuming)
 
 
 def run_with_reconnect(
@@ -98,7 +96,7 @@ def run_with_reconnect(
             delay = backoff.next_delay()
             logger.warning("%s: connection lost (%s: %s); reconnecting in %.1f s", name, type(exc).__name__, exc, delay)
             stop.wait(delay)
-        except Exception as exc:  # a bug: log it, keep the interface alive
+        except Exception:  # a bug: log it, keep the interface alive
             delay = backoff.next_delay()
             logger.exception("%s: unexpected error; reconnecting in %.1f s", name, delay)
             stop.wait(delay)
