@@ -86,7 +86,7 @@ def digits(root: DataRoot, *, images: bool = False) -> ArrayDataset:
         images: Items of shape ``(1, 8, 8)`` instead of flat ``(64,)`` vectors.
     """
     try:
-        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+        from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the 'digits' dataset needs scikit-learn: pip install 'theoden-client[digits]'") from exc
     bunch = load_digits()

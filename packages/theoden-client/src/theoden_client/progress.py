@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Literal
 
-from tqdm import tqdm  # type: ignore[import-untyped]
+from tqdm import tqdm
 
 __all__ = ["Progress", "ProgressMode"]
 

@@ -250,7 +250,7 @@ def start_server(
 
     amqp = None
     if rabbitmq is not None:
-        from theoden_server.messaging import RabbitMQInterface  # type: ignore[attr-defined]
+        from theoden_server.messaging import RabbitMQInterface
 
         amqp = RabbitMQInterface(server, url=rabbitmq)
 

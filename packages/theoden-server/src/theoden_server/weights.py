@@ -246,7 +246,7 @@ def save_tensors(
                 raise WeightsError(f"tensor {name!r} has shape {list(tensor.shape)}, expected {list(info.shape)}")
             data = tensor.detach().to(device="cpu", dtype=info.dtype).contiguous().reshape(-1)
             if data.numel():
-                writer.write(memoryview(data.view(torch.uint8).numpy()))
+                writer.write(memoryview(data.view(torch.uint8).numpy()))  # type: ignore[arg-type]
             del data
         return writer.commit()
 

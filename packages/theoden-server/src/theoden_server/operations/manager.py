@@ -7,13 +7,14 @@ worker thread, so pulls and status updates stay fast while an aggregation runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from theoden_protocol import Command, Exit, StatusUpdate
 
@@ -66,7 +67,7 @@ class _Worker:
             try:
                 if item is _STOP:
                     return
-                job, what = item  # type: ignore[misc]
+                job, what = cast("tuple[Callable[[], None], str]", item)
                 try:
                     job()
                 except BaseException as exc:
@@ -214,7 +215,7 @@ class OperationManager:
             elif isinstance(head, Action):
                 if self._running is not head:
                     self._running = head
-                    self.submit(lambda action=head: self._run_action(action), f"action {head.name}")
+                    self.submit(functools.partial(self._run_action, head), f"action {head.name}")
                 return moved
             else:
                 raise TypeError(f"{head!r} is not a Condition, Distribution, Action or InstructionBundle")

@@ -188,7 +188,7 @@ class BestModelSaver(Watcher):
             return
         self.store.copy_to(notification.model.id, self.run_dir / self.filename)
         note = {"round": notification.round, "metric": notification.metric, "value": notification.value}
-        note["model"] = notification.model.id  # type: ignore[assignment]
+        note["model"] = notification.model.id
         (self.run_dir / (self.filename + ".json")).write_text(json.dumps(note), encoding="utf-8")
         self.saved.append(notification)
 
