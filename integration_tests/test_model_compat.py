@@ -20,3 +20,13 @@ def test_server_and_client_mlp_share_their_state_dict_layout(kwargs: dict) -> No
         k: tuple(v.shape) for k, v in client.state_dict().items()
     }
     client.load_state_dict(server_state, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("cnn", {"in_channels": 1, "num_classes": 10, "input_size": 8}), ("resnet18", {"num_classes": 10})],
+)
+def test_server_builds_client_registered_models_with_the_clients_layout(name: str, kwargs: dict) -> None:  # type: ignore[type-arg]
+    spec = ModelSpec(name=name, kwargs=kwargs)
+    server_state = build_server_model(spec).state_dict()
+    build_client_model(spec).load_state_dict(server_state, strict=True)

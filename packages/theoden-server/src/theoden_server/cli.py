@@ -375,4 +375,6 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any]:
         tuning["token_ttl"] = args.token_ttl
     if args.min_successful_clients is not None:
         tuning["min_successful_clients"] = args.min_successful_clients
+    if args.insecure_http:
+        tuning["insecure_http"] = True
     return tuning

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -138,6 +139,16 @@ def _log_to_run_dir(run_dir: Path, level: int) -> logging.Handler:
     return handler
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _note_stop_signal(signum: int, _frame: object) -> None:
     logger.info("received %s: stopped", signal.Signals(signum).name)
 
@@ -168,6 +179,7 @@ def start_server(
     min_successful_clients: int | None = None,
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     protection: Any | None = None,
+    insecure_http: bool = False,
     log_level: str = "info",
 ) -> Server:
     """Run a TheODen server until its plan is done (``exit_on_finish``) or SIGINT/SIGTERM.
@@ -196,6 +208,7 @@ def start_server(
         min_successful_clients: fewest successful clients a round needs to aggregate.
         max_blob_bytes: largest upload accepted (413 above).
         protection: which request types the server accepts at all (`OperationWhitelist` / `OperationBlacklist`).
+        insecure_http: allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
         log_level: uvicorn and server log level.
 
     Returns:
@@ -205,6 +218,11 @@ def start_server(
 
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile")
+    if ssl_certfile is None and not insecure_http and not is_loopback(host):
+        raise ValueError(
+            f"refusing plain HTTP on {host}: passwords and tokens would travel unencrypted; give ssl_certfile and"
+            " ssl_keyfile (see `theoden-server certs create`), or insecure_http=True behind a TLS-terminating proxy"
+        )
     built = build_server(
         instructions,
         run_name,

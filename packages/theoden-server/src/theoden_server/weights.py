@@ -277,13 +277,30 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
+def _client_model_factory(name: str) -> ModelFactory | None:
+    """The client package's factory for ``name``, when it is installed beside the server.
+
+    Models registered on the client side (``cnn``, ``resnet18``, a site's own) then need no second
+    registration on the server, and a global model built here has exactly the clients' layout.
+    """
+    try:
+        from theoden_client.models import MODELS
+    except ImportError:
+        return None
+    try:
+        factory: ModelFactory = MODELS.get(name)
+    except Exception:  # the client's registry raises its own "unknown name" error
+        return None
+    return factory
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build the model named by ``spec`` with its keyword arguments.
 
     Raises:
         InvalidRequest: the name is not registered, or the arguments do not fit the factory.
     """
-    factory = _MODELS.get(spec.name)
+    factory = _MODELS.get(spec.name) or _client_model_factory(spec.name)
     if factory is None:
         raise InvalidRequest(f"unknown model {spec.name!r}; registered models: {', '.join(model_names())}")
     try:

@@ -88,3 +88,13 @@ def test_operation_whitelist_and_blacklist() -> None:
     assert not black.allows(BlobDownload(blob_id="a"))
     assert black.allows(Heartbeat())
     assert OperationProtection().allows(Heartbeat())
+
+
+def test_start_server_refuses_plain_http_off_loopback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    from theoden_server.start import is_loopback, start_server
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    with pytest.raises(ValueError, match="refusing plain HTTP on 0.0.0.0"):
+        start_server([], "x", host="0.0.0.0", run_dir=tmp_path)

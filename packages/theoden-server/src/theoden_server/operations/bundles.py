@@ -205,7 +205,11 @@ class MultiRoundTraining(InstructionBundle):
             for r in range(self.first_round, last)
         ]
         if self.final_validation:
-            plan.append(ValidationRound(last, batch_size=self.batch_size, split=self.val_split, timeout=self.timeout))
+            plan.append(
+                ValidationRound(
+                    last, selector=self.selector, batch_size=self.batch_size, split=self.val_split, timeout=self.timeout
+                )
+            )
         if self.exit:
             plan.append(ExitRun(f"training finished after {self.n_rounds} rounds"))
         return plan
