@@ -361,3 +361,30 @@ def test_server_run_with_epochs_and_a_user_aggregator(make_server, global_file: 
     assert [type(c).__name__ for c in clients[0].received[0].commands] == ["LoadWeights", "Train", "SendModel"]
     final = load(server.store.read_bytes(server.global_model.id))
     assert final["w"].equal(clients[1].uploads[0]["w"])
+
+
+def test_metrics_outside_rounds_reach_metrics_jsonl(make_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from theoden_protocol import ComputeClientScore, ExecutionResponse
+    from theoden_server import ClosedDistribution, MetricCollector, RequireNumberOfClients
+
+    from ._harness import SimClient, drive
+
+    # Prepare: a distribution that belongs to no round, with its own phase label
+    server = make_server(
+        instructions=[RequireNumberOfClients(2), ClosedDistribution(ComputeClientScore(), phase="scores")],
+        watchers=[MetricCollector()],
+    )
+    clients = [
+        SimClient(server, name, behaviour=lambda c, cmd: ExecutionResponse(metrics={"score": float(len(c.name))}))
+        for name in ("a", "bb")
+    ]
+    for client in clients:
+        client.register()
+    # Execute
+    drive(server, clients)
+    # Assert
+    lines = [json.loads(line) for line in (server.run_dir / "metrics.jsonl").read_text().splitlines()]
+    scores = {next(iter(line["clients"])): line["metrics"]["score"] for line in lines if line["phase"] == "scores"}
+    assert scores == {"a": 1.0, "bb": 2.0}

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,11 +81,35 @@ class MetricCollector(Watcher):
         """The JSON-lines file, once the run directory is known."""
         return None if self.run_dir is None else self.run_dir / self.filename
 
+    def _write(self, line: dict[str, Any]) -> None:
+        with self._lock:
+            self.history.append(line)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(line, allow_nan=False) + "\n")
+
     def handle(self, notification: Notification, pool: WatcherPool) -> None:
         """Buffer client metrics; write and announce a round's aggregate when it completes."""
         if isinstance(notification, InitializationNotification):
             if self.run_dir is None:
                 self.run_dir = notification.server.run_dir
+        elif isinstance(notification, MetricNotification) and notification.round is None:
+            # metrics outside any round (e.g. a user command's statistics) have no round to complete:
+            # record them as they come, one line per client report
+            n = notification.num_samples
+            self._write(
+                {
+                    "time": time.time(),
+                    "phase": notification.phase,
+                    "round": None,
+                    "num_clients": 1,
+                    "num_samples": n or 0,
+                    "metrics": dict(notification.metrics),
+                    "clients": {notification.client: {"num_samples": n, **notification.metrics}},
+                    "model": None,
+                }
+            )
         elif isinstance(notification, MetricNotification):
             with self._lock:
                 reports = self._pending[(notification.phase, notification.round)]
@@ -109,11 +134,7 @@ class MetricCollector(Watcher):
                 "clients": {name: {"num_samples": n, **m} for name, (m, n) in sorted(reports.items())},
                 "model": None if notification.model is None else notification.model.id,
             }
-            self.history.append(line)
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(line, allow_nan=False) + "\n")
+            self._write(line)
             pool.notify(
                 RoundMetricsNotification(
                     round=notification.round,
