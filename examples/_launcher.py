@@ -209,7 +209,8 @@ class _RoundPrinter:
             except json.JSONDecodeError:
                 return  # a line being written; read it next time
             shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.get("metrics", {}).items()))
-            print(f"{record['phase']:>16} {record['round']:>3}: {shown} ({record['num_clients']} clients)", flush=True)
+            round_ = "-" if record["round"] is None else record["round"]  # metrics outside rounds have none
+            print(f"{record['phase']:>16} {round_:>3}: {shown} ({record['num_clients']} clients)", flush=True)
             self.seen += 1
 
 
