@@ -149,8 +149,9 @@ def start_client(
     return Proc(name=name, popen=popen, log=log)
 
 
-def start_cli_client(tmp: Path, name: str, *, rabbitmq: str | None = None, rest: str | None = None,
-                     password: str | None = None) -> Proc:
+def start_cli_client(
+    tmp: Path, name: str, *, rabbitmq: str | None = None, rest: str | None = None, password: str | None = None
+) -> Proc:
     """A client started exactly as a site would: the `theoden-client` command line, password from the env."""
     from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -165,8 +166,20 @@ def start_cli_client(tmp: Path, name: str, *, rabbitmq: str | None = None, rest:
         target = ["--server", rest]
     assert password
     env["THEODEN_SITE_PASSWORD"] = password
-    command = [sys.executable, "-m", "theoden_client", *target, "--username", name,
-               "--password-env", "THEODEN_SITE_PASSWORD", "--data-root", str(tmp), "--poll-wait", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "theoden_client",
+        *target,
+        "--username",
+        name,
+        "--password-env",
+        "THEODEN_SITE_PASSWORD",
+        "--data-root",
+        str(tmp),
+        "--poll-wait",
+        "5",
+    ]
     log = tmp / f"client-{name}.out"
     with log.open("wb") as out:
         popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)

@@ -46,13 +46,25 @@ class Deployment:
         return self.root / "run"
 
     def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / "logs" / f"{log_name}.log", "ab")  # noqa: SIM115
+        log = open(self.root / "logs" / f"{log_name}.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def start_server(self, plan: Path, *extra: str, timeout: float = 60, port: int = 0) -> str:
-        command = [sys.executable, "-m", "theoden_server", "run", str(plan), "--port", str(port),
-                   "--users", str(self.root / "users.toml"), "--run-dir", str(self.run_dir), *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "theoden_server",
+            "run",
+            str(plan),
+            "--port",
+            str(port),
+            "--users",
+            str(self.root / "users.toml"),
+            "--run-dir",
+            str(self.run_dir),
+            *extra,
+        ]
         if self.tls:
             command += ["--ssl-certfile", str(self.pki["cert"]), "--ssl-keyfile", str(self.pki["key"])]
         endpoint = self.run_dir / "endpoint.json"
@@ -69,9 +81,22 @@ class Deployment:
     def start_client(self, name: str, *extra: str, password_file: Path | None = None) -> subprocess.Popen[bytes]:
         data_root = self.root / "sites" / name
         data_root.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "theoden_client", "--server", self.url, "--username", name,
-                   "--password-file", str(password_file or self.root / "secrets" / f"{name}.password"),
-                   "--data-root", str(data_root), "--poll-wait", "5", *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "theoden_client",
+            "--server",
+            self.url,
+            "--username",
+            name,
+            "--password-file",
+            str(password_file or self.root / "secrets" / f"{name}.password"),
+            "--data-root",
+            str(data_root),
+            "--poll-wait",
+            "5",
+            *extra,
+        ]
         if self.tls:
             command += ["--ca-cert", str(self.pki["ca"])]
         self.procs[name] = self._spawn(command, name)

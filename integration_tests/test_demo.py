@@ -20,7 +20,9 @@ def test_demo_trains_a_good_global_model_and_leaves_a_complete_run_directory(tmp
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--run-dir", str(run_dir), "--timeout", "240"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     # Assert
     assert result.returncode == 0, result.stdout + result.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,12 +115,21 @@ def test_wrong_password_and_foreign_tokens_are_refused(deployment: Deployment) -
 
         now = int(time.time())
         foreign = jwt.encode(
-            {"sub": "site-1", "role": "admin", "iat": now, "exp": now + 600, "iss": "theoden", "aud": "rest-it",
-             "jti": "x"},
+            {
+                "sub": "site-1",
+                "role": "admin",
+                "iat": now,
+                "exp": now + 600,
+                "iss": "theoden",
+                "aud": "rest-it",
+                "jti": "x",
+            },
             "another-servers-secret-that-is-long-enough-1234",
             algorithm="HS256",
         )
-        refused = http.post("/api/v1/requests", json={"type": "heartbeat"}, headers={"Authorization": f"Bearer {foreign}"})
+        refused = http.post(
+            "/api/v1/requests", json={"type": "heartbeat"}, headers={"Authorization": f"Bearer {foreign}"}
+        )
         assert refused.status_code == 401
         assert refused.json()["code"] == "unauthorized"
     # the client command line with a wrong password exits non-zero and says why

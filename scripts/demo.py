@@ -62,7 +62,9 @@ def _wait_for_endpoint(run_dir: Path, server: subprocess.Popen[bytes], timeout: 
     deadline = time.monotonic() + timeout
     while not endpoint.exists():
         if server.poll() is not None:
-            raise DemoError(f"the server exited early (code {server.returncode}); see {run_dir / 'logs' / 'server.log'}")
+            raise DemoError(
+                f"the server exited early (code {server.returncode}); see {run_dir / 'logs' / 'server.log'}"
+            )
         if time.monotonic() > deadline:
             raise DemoError("the server did not start within a minute")
         time.sleep(0.05)
@@ -134,8 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TheODen demo: 1 server + {len(names)} clients on loopback; run directory {run_dir}", flush=True)
         users = _setup_credentials(run_dir, names)
         server = _spawn(
-            [sys.executable, "-m", "theoden_server", "run", str(PLAN), "--port", "0", "--users", str(users),
-             "--run-dir", str(run_dir)],
+            [
+                sys.executable,
+                "-m",
+                "theoden_server",
+                "run",
+                str(PLAN),
+                "--port",
+                "0",
+                "--users",
+                str(users),
+                "--run-dir",
+                str(run_dir),
+            ],
             run_dir / "logs" / "server.log",
         )
         procs.append(server)
@@ -146,9 +159,21 @@ def main(argv: list[str] | None = None) -> int:
             data_root.mkdir(parents=True, exist_ok=True)
             procs.append(
                 _spawn(
-                    [sys.executable, "-m", "theoden_client", "--server", url, "--username", name,
-                     "--password-file", str(run_dir / "secrets" / f"{name}.password"), "--data-root", str(data_root),
-                     "--poll-wait", "10"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "theoden_client",
+                        "--server",
+                        url,
+                        "--username",
+                        name,
+                        "--password-file",
+                        str(run_dir / "secrets" / f"{name}.password"),
+                        "--data-root",
+                        str(data_root),
+                        "--poll-wait",
+                        "10",
+                    ],
                     run_dir / "logs" / f"{name}.log",
                 )
             )

@@ -44,7 +44,9 @@ setup = Sequential(
         SetLocalPartition(splits={"train": 0.8, "val": 0.2}, seed=1),
         InitModel(model=MODEL),
         SetOptimizer(optimizer=OptimizerSpec(name="adam", kwargs={"lr": 0.003})),
-        SetLosses(losses=[LossSpec(name="cross_entropy")], metrics=[MetricSpec(name="accuracy")], choosing_metric="accuracy"),
+        SetLosses(
+            losses=[LossSpec(name="cross_entropy")], metrics=[MetricSpec(name="accuracy")], choosing_metric="accuracy"
+        ),
     ]
 )
 

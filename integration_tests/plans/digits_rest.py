@@ -21,7 +21,13 @@ from theoden_protocol import (
     SetOptimizer,
     SetPartition,
 )
-from theoden_server import FedAvg, InitGlobalModelFromClient, MultiRoundTraining, OpenDistribution, RequireNumberOfClients
+from theoden_server import (
+    FedAvg,
+    InitGlobalModelFromClient,
+    MultiRoundTraining,
+    OpenDistribution,
+    RequireNumberOfClients,
+)
 from theoden_server.operations.distributions import replace_nested
 
 N = int(os.environ.get("THEODEN_TEST_CLIENTS", "3"))

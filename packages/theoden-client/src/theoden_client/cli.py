@@ -6,7 +6,6 @@ import argparse
 import importlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target = parser.add_argument_group("server")
     target.add_argument("--server", metavar="URL", help="server base URL, e.g. https://fl.example.org:8443")
-    target.add_argument("--rabbitmq", metavar="URL", help="broker URL instead of --server, e.g. amqps://broker.example.org/theoden (the broker user is --username)")
+    target.add_argument(
+        "--rabbitmq",
+        metavar="URL",
+        help="broker URL instead of --server, e.g. amqps://broker.example.org/theoden (the broker user is --username)",
+    )
     target.add_argument("--ca-cert", metavar="FILE", help="CA bundle that signed the server's certificate")
     auth = parser.add_argument_group("credentials (the password is never given on the command line)")
     auth.add_argument("--username", required=True, help="this client's user name on the server")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit, urlunsplit
-
 import logging
 from collections.abc import Iterable
 from os import PathLike
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from theoden_client.allowlist import CommandAllowlist
 from theoden_client.client import Client

@@ -48,7 +48,9 @@ from theoden_server.operations import (
     ValidationRound,
     replace_nested,
 )
+from theoden_server.protection import OperationBlacklist, OperationProtection, OperationWhitelist
 from theoden_server.server import CHUNK_SIZE, Server
+from theoden_server.start import build_server, start_server
 from theoden_server.storage import BlobStore
 from theoden_server.topology import ClientStatus, Topology
 from theoden_server.watchers import (
@@ -60,8 +62,6 @@ from theoden_server.watchers import (
     Watcher,
     WatcherPool,
 )
-from theoden_server.protection import OperationBlacklist, OperationProtection, OperationWhitelist
-from theoden_server.start import build_server, start_server
 from theoden_server.weights import register_model
 
 __all__ = [

@@ -315,9 +315,7 @@ def _run(args: argparse.Namespace) -> int:
             exit_code=EXIT_USAGE,
         )
     if not 0 <= args.port < 65536:
-        raise CliError(
-            f"--port must be between 0 (any free port) and 65535, not {args.port}", exit_code=EXIT_USAGE
-        )
+        raise CliError(f"--port must be between 0 (any free port) and 65535, not {args.port}", exit_code=EXIT_USAGE)
     plan = load_plan(args.plan)
     if args.rabbitmq is None and not args.users.is_file():
         raise CliError(

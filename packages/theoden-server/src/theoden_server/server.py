@@ -41,8 +41,8 @@ from theoden_server.errors import Conflict, Forbidden, InvalidRequest, NotFound,
 from theoden_server.operations.conditions import Condition
 from theoden_server.operations.instructions import Instruction
 from theoden_server.operations.manager import OperationManager
-from theoden_server.protection import OperationProtection
 from theoden_server.operations.open_distribution import OpenDistribution
+from theoden_server.protection import OperationProtection
 from theoden_server.storage import BlobStore, BlobWriter, validate_blob_id
 from theoden_server.topology import Topology
 from theoden_server.watchers.base import (

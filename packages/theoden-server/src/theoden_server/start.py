@@ -189,7 +189,8 @@ def start_server(
         run_name: the run's name (also the token audience and default run directory name).
         permanent_conditions: conditions checked before anything is handed out.
         open_distribution: commands every newly joining client gets first.
-        watchers: extra watchers (``watcher=`` is accepted too, as in earlier TheODen).
+        watchers: extra watchers, besides the built-in metric collector, best-model saver and logger.
+        watcher: the same as ``watchers`` (the name earlier TheODen versions used); both may be given.
         host: interface to listen on (``0.0.0.0`` for all).
         port: TCP port (``0`` picks a free one; see ``<run_dir>/endpoint.json``).
         users: the users file (default ``<run_dir>/users.toml``).

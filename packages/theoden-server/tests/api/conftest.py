@@ -5,10 +5,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from argon2 import PasswordHasher
-import httpx
-
 from theoden_protocol import Exit, Train
 from theoden_server import security
 from theoden_server.operations.conditions import RequireNumberOfClients

@@ -4,7 +4,6 @@ import time
 
 import jwt
 import msgspec
-
 from theoden_protocol import PROTOCOL_VERSION, RegisterRequest, codec
 from theoden_server.security import Principal, Role, TokenIssuer
 
@@ -70,8 +69,15 @@ async def test_forged_and_expired_tokens_are_refused(api: Api) -> None:
 
     now = time.time()
     expired = jwt.encode(
-        {"sub": "alice", "role": "client", "iat": now - 7200, "exp": now - 3600, "iss": "theoden",
-         "aud": "api-test", "jti": "j1"},
+        {
+            "sub": "alice",
+            "role": "client",
+            "iat": now - 7200,
+            "exp": now - 3600,
+            "iss": "theoden",
+            "aud": "api-test",
+            "jti": "j1",
+        },
         b"k" * 32,
         algorithm="HS256",
     )

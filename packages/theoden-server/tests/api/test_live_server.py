@@ -18,7 +18,6 @@ import httpx
 import msgspec
 import psutil
 import pytest
-
 from theoden_protocol import CommandStatus, ExecutionResponse, PullCommand, RegisterRequest, StatusUpdate, codec
 from theoden_server.certs import create_test_pki
 from theoden_server.security import UsersFile
@@ -55,8 +54,19 @@ def _start(tmp_path: Path, *, tls: bool) -> Live:
     plan = tmp_path / "plan.py"
     plan.write_text(PLAN)
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "theoden_server", "run", str(plan), "--port", "0", "--users", str(users.path),
-               "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "theoden_server",
+        "run",
+        str(plan),
+        "--port",
+        "0",
+        "--users",
+        str(users.path),
+        "--run-dir",
+        str(run_dir),
+    ]
     if tls:
         command += ["--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"])]
     log = open(tmp_path / "server.out", "wb")  # noqa: SIM115
@@ -72,7 +82,11 @@ def _start(tmp_path: Path, *, tls: bool) -> Live:
     # the endpoint file is written just before uvicorn starts accepting
     for _ in range(200):
         try:
-            httpx.get(f"{url}/api/v1/health", verify=ssl.create_default_context(cafile=str(pki["ca"])) if tls else True, timeout=1)
+            httpx.get(
+                f"{url}/api/v1/health",
+                verify=ssl.create_default_context(cafile=str(pki["ca"])) if tls else True,
+                timeout=1,
+            )
             break
         except httpx.HTTPError:
             time.sleep(0.05)
@@ -121,8 +135,12 @@ def test_a_run_over_https_completes_and_the_server_exits_on_its_own(https_server
             command = call(PullCommand(wait=10)).command  # type: ignore[attr-defined]
             assert command is not None
             seen.append(command.type if hasattr(command, "type") else type(command).__name__)
-            status = StatusUpdate(client_name="site-a", command_uuid=command.uuid, status=CommandStatus.FINISHED,
-                                  response=ExecutionResponse(num_samples=1))
+            status = StatusUpdate(
+                client_name="site-a",
+                command_uuid=command.uuid,
+                status=CommandStatus.FINISHED,
+                response=ExecutionResponse(num_samples=1),
+            )
             call(status, "/api/v1/status")
             if type(command).__name__ == "Exit":
                 break

@@ -9,7 +9,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-
 from theoden_protocol import Train
 from theoden_server.operations.conditions import RequireNumberOfClients
 from theoden_server.operations.distributions import ClosedDistribution

@@ -13,7 +13,12 @@ async def test_upload_then_download_own_blob(api: Api) -> None:
     data = b"weights" * 1000
     put = await api.client.put(f"/api/v1/storage/{_sha(data)}", content=data, headers=api.auth("alice"))
     assert put.status_code == 201, put.text
-    assert put.json() == {"id": _sha(data), "sha256": _sha(data), "size": len(data), "media_type": "application/octet-stream"}
+    assert put.json() == {
+        "id": _sha(data),
+        "sha256": _sha(data),
+        "size": len(data),
+        "media_type": "application/octet-stream",
+    }
     get = await api.client.get(f"/api/v1/storage/{_sha(data)}", headers=api.auth("alice"))
     assert get.status_code == 200
     assert get.content == data

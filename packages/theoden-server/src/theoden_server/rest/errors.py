@@ -5,8 +5,8 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-
 from theoden_protocol import ErrorBody, TheodenError
+
 from theoden_server.errors import Unauthorized, status_of
 
 __all__ = ["EXCEPTION_HANDLERS"]
