@@ -6,6 +6,8 @@ Nothing here unpickles: weights are read with `safetensors.torch.load_file` only
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +21,24 @@ __all__ = ["CHUNK_BYTES", "file_sha256", "load_weights", "save_weights"]
 
 #: Bytes read or written per chunk when hashing or streaming a file.
 CHUNK_BYTES = 1024 * 1024
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops single-threaded (restoring the thread count afterwards).
+
+    Copying weights is memory-bound; waking the intra-op pool for it costs more CPU than the copy itself,
+    as the pool's threads spin after every parallel region.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -39,14 +59,15 @@ def save_weights(model: nn.Module, path: Path) -> None:
     """
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            t = t.clone()
-        seen.add(ptr)
-        tensors[name] = t
-    save_file(tensors, str(path))
+    with _one_thread():
+        for name, tensor in model.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen:
+                t = t.clone()
+            seen.add(ptr)
+            tensors[name] = t
+        save_file(tensors, str(path))
 
 
 def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> None:
@@ -83,4 +104,5 @@ def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> None:
             if unexpected:
                 parts.append(f"unexpected tensors {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
             raise WeightsMismatchError("weights do not fit the model: " + "; ".join(parts))
-    model.load_state_dict(received, strict=strict)
+    with _one_thread():
+        model.load_state_dict(received, strict=strict)

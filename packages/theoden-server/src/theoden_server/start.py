@@ -215,8 +215,13 @@ def start_server(
     Returns:
         The `Server`, after it stopped (inspect ``failed`` and the run directory).
     """
+    import torch
     import uvicorn
 
+    # The server's tensor work (folding uploads, writing the global model) is memory-bound; torch's
+    # default thread pool only adds a busy OpenMP thread competing with the request loop
+    # (benchmarks/RESULTS.md, figure 1). THEODEN_TORCH_THREADS overrides.
+    torch.set_num_threads(max(1, int(os.environ.get("THEODEN_TORCH_THREADS", "1"))))
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile")
     if ssl_certfile is None and not insecure_http and not is_loopback(host):

@@ -20,8 +20,8 @@ from types import TracebackType
 from typing import BinaryIO, Final
 
 import msgspec
-
 from theoden_protocol import SAFETENSORS_MEDIA_TYPE, BlobRef
+
 from theoden_server.errors import BadRequest, BlobIntegrityError, InvalidRequest, NotFound, PayloadTooLarge
 
 __all__ = ["DEFAULT_MAX_BLOB_BYTES", "BlobStore", "BlobWriter", "validate_blob_id"]
@@ -81,10 +81,19 @@ class BlobWriter:
         if self.size > self._max_bytes:
             self.abort()
             limit = self._max_bytes
-            what = "the announced size" if self._expected_size is not None and limit == self._expected_size else "the limit"
+            what = (
+                "the announced size"
+                if self._expected_size is not None and limit == self._expected_size
+                else "the limit"
+            )
             raise PayloadTooLarge(f"upload exceeds {what} of {limit} bytes")
         self._hash.update(chunk)
         self._file.write(chunk)
+
+    def write_chunks(self, chunks: list[bytes]) -> None:
+        """Append several chunks in order (as `write` each, without joining them into one buffer first)."""
+        for chunk in chunks:
+            self.write(chunk)
 
     def commit(self) -> BlobRef:
         """Verify digest and size, move the blob into place and return its reference."""

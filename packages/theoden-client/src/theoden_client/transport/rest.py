@@ -281,7 +281,7 @@ class RestTransport(Transport):
                     f"server sent blob {ref.id} with sha256 {announced}, but the reference says {ref.sha256}"
                 )
             sink = BlobSink(ref, destination)
-            for chunk in response.iter_bytes(CHUNK_BYTES):
+            for chunk in response.iter_bytes():  # as received: re-chunking would copy every byte once more
                 sink.write(chunk)
             sink.finish()
         except httpx.TransportError as exc:

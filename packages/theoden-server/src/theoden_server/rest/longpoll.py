@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -22,7 +23,9 @@ class LongPollHub:
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._unsubscribe: Callable[[], None] | None = None
 
-    def bind(self, loop: asyncio.AbstractEventLoop, subscribe: Callable[[Callable[[str | None], None]], Callable[[], None]]) -> None:
+    def bind(
+        self, loop: asyncio.AbstractEventLoop, subscribe: Callable[[Callable[[str | None], None]], Callable[[], None]]
+    ) -> None:
         """Attach to the running loop and subscribe to the server's notifications."""
         self._loop = loop
         self._unsubscribe = subscribe(self.notify)
@@ -39,10 +42,8 @@ class LongPollHub:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is shutting down
             loop.call_soon_threadsafe(self._wake, client)
-        except RuntimeError:  # loop shutting down
-            pass
 
     def _wake(self, client: str | None) -> None:
         groups = list(self._waiters.values()) if client is None else [self._waiters.get(client, set())]

@@ -1,0 +1,160 @@
+"""Figure 3 - aggregation memory and speed: 10 clients x 100 MB.
+
+Memory: real processes; the server's RSS is sampled every 50 ms; idle = its RSS just before round 0's first
+command starts on a client (setup and the global model done), peak = the highest sample while the rounds run.
+Speed, side by side in this process on the uploads of the run's last round: the server's own aggregation
+path (FedAvg.add per upload from the stored blob + FedAvg.aggregate + save_tensors into a BlobStore, i.e.
+from uploaded blobs to the new global model) against an in-memory torch weighted sum of the same tensors
+(already loaded; float32 ``acc.add_(t, alpha=w)``), each repeated and the medians compared, both at the
+server's torch thread setting.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+
+def _client_blobs(run_dir: Path, count: int) -> list[tuple[str, Path]]:
+    """The last round's uploads: with zero training every client uploads the same bytes, which the
+    content-addressed store keeps once, so each of the ``count`` results names the same file (as on the server)."""
+    import msgspec
+
+    found = []
+    for meta in (run_dir / "blobs" / "blobs").glob("*/*.meta.json"):
+        info = msgspec.json.decode(meta.read_bytes())
+        if info.get("owners"):
+            found.append(
+                (info.get("created", 0.0), info["owners"], meta.with_name(meta.name.removesuffix(".meta.json")))
+            )
+    found.sort(key=lambda item: item[0])
+    _, owners, path = found[-1]
+    return [(owners[i % len(owners)], path) for i in range(count)]
+
+
+def aggregation_speed(blobs: list[tuple[str, Path]], repeats: int) -> tuple[list[float], list[float]]:
+    import torch
+    from safetensors.torch import load_file
+    from theoden_protocol import BlobRef
+    from theoden_server.aggregation.base import AggregationContext, ClientResult
+    from theoden_server.aggregation.fedavg import FedAvg
+    from theoden_server.storage import BlobStore
+    from theoden_server.weights import read_layout, save_tensors
+
+    weights = [float(64 + i) for i in range(len(blobs))]
+    threads = torch.get_num_threads()
+    if common.SERVER_TORCH_THREADS is not None:  # both sides at the server's thread setting
+        torch.set_num_threads(common.SERVER_TORCH_THREADS)
+    server_times, memory_times = [], []
+    with tempfile.TemporaryDirectory(dir=blobs[0][1].parents[3]) as tmp:
+        store = BlobStore(tmp)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            agg = FedAvg()
+            agg.start(AggregationContext(round=0, global_path=blobs[0][1]))
+            for (owner, path), w in zip(blobs, weights, strict=True):
+                layout = read_layout(path)
+                ref = BlobRef(id=path.name, sha256=path.name, size=path.stat().st_size)
+                agg.add(ClientResult(client=owner, blob=ref, path=path, layout=layout, num_samples=int(w)))
+            ref = save_tensors(store, agg.aggregate(), layout=agg.context.layout)
+            server_times.append(time.perf_counter() - t0)
+            store.delete(ref.id)
+            del agg
+        first = load_file(str(blobs[0][1]))  # not timed: the baseline starts from tensors in memory
+        loaded = [{k: v.clone() for k, v in first.items()} for _ in blobs]  # one copy per client, as 10 uploads
+        del first
+        total = sum(weights)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = {}
+            for name in loaded[0]:
+                acc = loaded[0][name] * weights[0]
+                for tensors, w in zip(loaded[1:], weights[1:], strict=True):
+                    acc.add_(tensors[name], alpha=w)
+                result[name] = acc.div_(total)
+            memory_times.append(time.perf_counter() - t0)
+            del result, acc
+        del loaded
+        torch.set_num_threads(threads)
+    return server_times, memory_times
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    clients = 10
+    size = common.model_bytes(*common.MODEL_100MB)
+    result = common.run_zero_train(
+        "agg-10x100",
+        clients=clients,
+        rounds=2 if quick else 3,
+        model=common.MODEL_100MB,
+        sample_rss=True,
+        rss_interval=0.05,
+        timeout=1800,
+    )
+    started = [e["mono"] for e in result.events if e["event"] == "status" and e["status"] == "started"]
+    round0 = started[clients + 1]  # setup (N) and InitGlobalModelFromClient (1) came first
+    end = result.round_ends()[-1]
+    assert result.rss is not None
+    idle = result.rss.before("server", round0)
+    peak = result.rss.peak("server", round0, end)
+    growth = (peak - idle) / common.MB
+    finished = [e for e in result.events if e["event"] in ("status", "aggregated")]
+    lags = []  # last FINISHED of a round -> its aggregation done (the part of aggregation clients wait for)
+    last_finish = None
+    for e in finished:
+        if e["event"] == "status" and e["status"] == "finished":
+            last_finish = e["mono"]
+        elif e["event"] == "aggregated" and last_finish is not None:
+            lags.append(e["mono"] - last_finish)
+    blobs = _client_blobs(result.run_dir, clients)
+    server_times, memory_times = aggregation_speed(blobs, 2 if quick else 3)
+    ratio = common.median(server_times) / common.median(memory_times)
+    M = common.metric
+    return [
+        M(
+            "3",
+            f"{clients} x 100 MB: server peak RSS above idle during the rounds",
+            growth,
+            "MB",
+            "<= 500",
+            growth <= 500,
+            detail={
+                "idle_MB": idle / common.MB,
+                "peak_MB": peak / common.MB,
+                "model_MB": size / common.MB,
+                "run_dir": str(result.run_dir),
+            },
+        ),
+        M(
+            "3",
+            "aggregation, blobs -> new global model (FedAvg + save_tensors)",
+            common.median(server_times),
+            "s",
+            detail={"all": server_times},
+        ),
+        M(
+            "3",
+            "in-memory torch weighted sum, same tensors",
+            common.median(memory_times),
+            "s",
+            detail={"all": memory_times},
+        ),
+        M("3", "aggregation / in-memory weighted sum", ratio, "x", "<= 2", ratio <= 2),
+        M(
+            "3",
+            "in the run: last FINISHED -> new global model (median over rounds)",
+            common.median(lags),
+            "s",
+            detail={"all": lags, "round_times": result.round_times()},
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    print(json.dumps(run("--quick" in sys.argv), indent=2, default=str))

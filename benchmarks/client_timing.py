@@ -1,0 +1,63 @@
+"""Client plugin (``--plugin client_timing``) for figure 6: time what a client spends on what.
+
+Wraps the built-in executors of LoadWeights, Train, Validate and SendModel and the REST transport's pull,
+status, download and upload with timers; appends one JSON line per timed span to ``$BENCH_CLIENT_TIMES``.
+Nothing in the client changes besides the timing (the original handlers run unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from functools import wraps
+from typing import Any
+
+from theoden_client.executors import EXECUTORS
+from theoden_client.transport.base import Transport
+from theoden_client.transport.rest import RestTransport
+from theoden_protocol import LoadWeights, SendModel, Train, Validate
+
+_PATH = os.environ.get("BENCH_CLIENT_TIMES")
+_LOCK = threading.Lock()
+_FILE = open(_PATH, "a", buffering=1) if _PATH else None  # noqa: SIM115 - lives as long as the process
+
+
+def _record(kind: str, start: float, end: float, **extra: Any) -> None:
+    if _FILE is None:
+        return
+    with _LOCK:
+        _FILE.write(
+            json.dumps({"kind": kind, "start": start, "end": end, "thread": threading.current_thread().name, **extra})
+            + "\n"
+        )
+
+
+def _timed(kind: str, fn: Any) -> Any:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _record(kind, t0, time.monotonic())
+
+    return wrapper
+
+
+for command_type, kind in (
+    (LoadWeights, "exec:load_weights"),
+    (Train, "exec:train"),
+    (Validate, "exec:validate"),
+    (SendModel, "exec:send_model"),
+):
+    tag = command_type.__struct_config__.tag
+    original = EXECUTORS._handlers[tag]
+    EXECUTORS.register(command_type, _timed(kind, original), override=True)
+
+Transport.pull_command = _timed("net:pull", Transport.pull_command)  # type: ignore[method-assign]
+Transport.heartbeat = _timed("net:heartbeat", Transport.heartbeat)  # type: ignore[method-assign]
+RestTransport.send_status = _timed("net:status", RestTransport.send_status)  # type: ignore[method-assign]
+RestTransport.download_blob = _timed("net:download", RestTransport.download_blob)  # type: ignore[method-assign]
+RestTransport.upload_blob = _timed("net:upload", RestTransport.upload_blob)  # type: ignore[method-assign]
