@@ -137,6 +137,7 @@ class Server:
             permanent_conditions=permanent_conditions,
             open_distribution=open_distribution,
             on_change=lambda: self._notify_available(None),
+            on_client_change=self._notify_available,
         )
         self._subscribers: dict[int, Callable[[str | None], None]] = {}
         self._next_subscriber = 0

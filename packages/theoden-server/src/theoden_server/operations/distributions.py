@@ -309,7 +309,7 @@ class ClosedDistribution(Distribution):
                 self._check_complete(server)
             else:
                 self._fail(server, client, error, response)
-        server.operations.changed()
+        server.operations.changed_for(client)  # completing the distribution advances (and wakes) on its own
 
     def _fail(self, server: Server, client: str, error: str, response: ExecutionResponse | None = None) -> None:
         entry = self.entries[client]
