@@ -132,6 +132,18 @@ def test_wrong_password_and_foreign_tokens_are_refused(deployment: Deployment) -
         )
         assert refused.status_code == 401
         assert refused.json()["code"] == "unauthorized"
+    # the client transport verifies the server: without the private CA (system trust store only) it refuses
+    from theoden_client.transport.rest import RestTransport
+
+    untrusting = RestTransport(deployment.url, username="site-1", password=deployment.passwords["site-1"])
+    with pytest.raises(Exception, match="(?i)certificate"):
+        untrusting.login()
+    untrusting.close()
+    trusting = RestTransport(
+        deployment.url, username="site-1", password=deployment.passwords["site-1"], ca_file=deployment.pki["ca"]
+    )
+    assert trusting.login() is not None
+    trusting.close()
     # the client command line with a wrong password exits non-zero and says why
     bad = deployment.root / "bad.password"
     bad.write_text("not-the-password")

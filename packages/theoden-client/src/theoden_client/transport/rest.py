@@ -104,7 +104,9 @@ class RestTransport(Transport):
     ) -> None:
         from theoden_client import __version__
 
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        # without a CA file: the operating system's trust store (where an institution installs its own
+        # CA), not the certifi bundle httpx would use with verify=True
+        verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
         self.server_url = server_url.rstrip("/")
         self._username = username
         self._password = password
