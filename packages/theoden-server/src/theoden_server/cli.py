@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import ipaddress
 import sys
 import traceback
 from collections.abc import Sequence
@@ -293,22 +292,15 @@ def _certs_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _run(args: argparse.Namespace) -> int:
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise CliError("give both --ssl-certfile and --ssl-keyfile, or neither", exit_code=EXIT_USAGE)
     for option, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
         if path is not None and not path.is_file():
             raise CliError(f"{option}: file not found: {path}", exit_code=EXIT_USAGE)
-    if args.ssl_certfile is None and not _is_loopback(args.host) and not args.insecure_http:
+    from theoden_server.security import is_loopback  # the same rule start_server applies
+
+    if args.ssl_certfile is None and not is_loopback(args.host) and not args.insecure_http:
         raise CliError(
             f"refusing plain HTTP on {args.host}: passwords and tokens would travel unencrypted. Use"
             " --ssl-certfile/--ssl-keyfile (see `theoden-server certs create`), or --insecure-http behind a TLS proxy",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import ipaddress
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from theoden_server.errors import Conflict, InvalidRequest, NotFound, TheodenError, Unauthorized
 
 __all__ = [
+    "is_loopback",
     "MIN_PASSWORD_LENGTH",
     "MIN_SECRET_BYTES",
     "USER_NAME_PATTERN",
@@ -545,3 +547,13 @@ def _read_or_create_secret(path: Path) -> bytes:
         raise SecurityConfigError(f"cannot read JWT secret file {path}: {error.strerror}") from None
     _warn_if_shared(path, "JWT secret file")
     return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

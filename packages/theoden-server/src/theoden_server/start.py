@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from theoden_server.security import TokenIssuer, UsersFile, load_jwt_secret
+from theoden_server.security import TokenIssuer, UsersFile, is_loopback, load_jwt_secret
 from theoden_server.storage import DEFAULT_MAX_BLOB_BYTES, BlobStore
 
 if TYPE_CHECKING:
@@ -137,16 +136,6 @@ def _log_to_run_dir(run_dir: Path, level: int) -> logging.Handler:
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     return handler
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _note_stop_signal(signum: int, _frame: object) -> None:

