@@ -30,6 +30,8 @@ __all__ = ["DEFAULT_MAX_BLOB_BYTES", "BlobStore", "BlobWriter", "validate_blob_i
 DEFAULT_MAX_BLOB_BYTES: Final = 4 * 1024**3
 _ID_PATTERN: Final = re.compile(r"^[0-9a-f]{64}$")
 _COPY_CHUNK: Final = 1024 * 1024
+#: Chunks at least this large are hashed on a helper thread while they are written.
+_PARALLEL_HASH_BYTES: Final = 4 * 1024 * 1024
 
 
 def validate_blob_id(blob_id: str) -> str:
@@ -87,8 +89,16 @@ class BlobWriter:
                 else "the limit"
             )
             raise PayloadTooLarge(f"upload exceeds {what} of {limit} bytes")
-        self._hash.update(chunk)
-        self._file.write(chunk)
+        if len(chunk) >= _PARALLEL_HASH_BYTES:  # hash on a second core while this one writes (both drop the GIL)
+            hasher = threading.Thread(target=self._hash.update, args=(chunk,), name="theoden-hash", daemon=True)
+            hasher.start()
+            try:
+                self._file.write(chunk)
+            finally:
+                hasher.join()
+        else:
+            self._hash.update(chunk)
+            self._file.write(chunk)
 
     def write_chunks(self, chunks: list[bytes]) -> None:
         """Append several chunks in order (as `write` each, without joining them into one buffer first)."""

@@ -9,10 +9,13 @@ registry (mirroring the client's names) to build an initial global model from a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
 import os
 import struct
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO, Final, NamedTuple
 
@@ -21,7 +24,7 @@ from theoden_protocol import BlobRef, ModelSpec
 from torch import nn
 
 from theoden_server.errors import InvalidRequest
-from theoden_server.storage import BlobStore
+from theoden_server.storage import BlobStore, BlobWriter
 
 __all__ = [
     "MLP",
@@ -35,6 +38,8 @@ __all__ = [
     "load_tensors",
     "model_names",
     "read_layout",
+    "mapped",
+    "mapped_tensor",
     "read_tensor",
     "register_model",
     "save_tensors",
@@ -175,6 +180,65 @@ def read_tensor(file: BinaryIO, layout: Layout, name: str, *, buffer: torch.Tens
     return target.view(info.dtype).reshape(info.shape)
 
 
+#: Bytes converted at a time when `save_tensors` casts a tensor.
+SLICE_BYTES: Final = 1 << 22
+
+
+@contextlib.contextmanager
+def mapped(path: str | os.PathLike[str], layout: Layout) -> Iterator[mmap.mmap | None]:
+    """Map a stored safetensors file read-only for `mapped_tensor` (``None`` for an empty data section).
+
+    Stored blobs are immutable (written aside and renamed into place), so a mapping is safe and
+    lets a fold read the page cache directly: no copy, no buffer. On Linux the mapping is
+    populated up front (``MAP_POPULATE``), which is cheaper than faulting in page by page.
+
+    Raises:
+        WeightsError: the file is shorter than its layout says.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        needed = layout.data_start + max((info.end for info in layout.values()), default=0)
+        if size < needed:
+            raise WeightsError(f"weights file has {size} bytes but its header describes {needed}")
+        if size == 0 or needed == layout.data_start:
+            yield None
+            return
+        if hasattr(mmap, "MAP_SHARED"):
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mm = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+        else:  # pragma: no cover - Windows
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        yield mm
+    finally:
+        with contextlib.suppress(BufferError):  # a view outlived the block: unmapped when it is collected
+            mm.close()
+
+
+_quiet_frombuffer = False
+
+
+def mapped_tensor(mm: mmap.mmap | None, layout: Layout, name: str) -> torch.Tensor:
+    """A read-only tensor view of one tensor of a `mapped` file (do not keep it past the mapping).
+
+    Writing to it is impossible (the pages are mapped read-only): a write would crash the process,
+    so callers only read (``acc.add_(view)``, ``view.clone()``).
+    """
+    global _quiet_frombuffer
+    info = layout[name]
+    count = math.prod(info.shape)
+    if mm is None or count == 0:
+        return torch.empty(info.shape, dtype=info.dtype)
+    if _quiet_frombuffer:
+        flat = torch.frombuffer(mm, dtype=info.dtype, count=count, offset=layout.data_start + info.begin)
+    else:  # torch warns once per process that the buffer is read-only: that is the point here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(mm, dtype=info.dtype, count=count, offset=layout.data_start + info.begin)
+        _quiet_frombuffer = True
+    return flat.view(info.shape)
+
+
 def iter_tensors(
     path: str | os.PathLike[str], layout: Layout | None = None, *, reuse_buffer: bool = False
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -244,11 +308,26 @@ def save_tensors(
             tensor = tensors[name]
             if tuple(tensor.shape) != info.shape:
                 raise WeightsError(f"tensor {name!r} has shape {list(tensor.shape)}, expected {list(info.shape)}")
-            data = tensor.detach().to(device="cpu", dtype=info.dtype).contiguous().reshape(-1)
-            if data.numel():
-                writer.write(memoryview(data.view(torch.uint8).numpy()))  # type: ignore[arg-type]
-            del data
+            _write_tensor(writer, tensor.detach().to(device="cpu"), info.dtype)
         return writer.commit()
+
+
+def _write_tensor(writer: BlobWriter, tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    """Write ``tensor``'s elements as ``dtype``; a cast goes slice by slice (no whole-tensor copy)."""
+    flat = tensor.reshape(-1)  # a view when contiguous
+    if not flat.numel():
+        return
+    if flat.dtype == dtype and flat.is_contiguous():
+        writer.write(memoryview(flat.view(torch.uint8).numpy()))  # type: ignore[arg-type]
+        return
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    step = max(1, SLICE_BYTES // itemsize)
+    scratch = torch.empty(min(step, flat.numel()), dtype=dtype)
+    for start in range(0, flat.numel(), step):
+        part = flat[start : start + step]
+        converted = scratch[: part.numel()]
+        converted.copy_(part)
+        writer.write(memoryview(converted.view(torch.uint8).numpy()))  # type: ignore[arg-type]
 
 
 def state_dict_of(model: nn.Module) -> dict[str, torch.Tensor]:

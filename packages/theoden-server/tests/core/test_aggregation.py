@@ -80,6 +80,35 @@ def test_fedavg_is_the_sample_weighted_mean_and_keeps_dtypes(tmp_path: Path, cli
     assert out["steps"].dtype == torch.int64
 
 
+def test_fedavg_float32_sums_stay_within_float32_rounding_of_the_exact_mean(tmp_path: Path) -> None:
+    # Prepare: 200 clients with sample counts up to 60,000 and values of mixed sign and scale
+    g = torch.Generator().manual_seed(3)
+    clients = [
+        ({"w": torch.randn(4096, generator=g) * 10 ** torch.randint(-3, 3, (4096,), generator=g)}, int(n))
+        for n in torch.randint(1, 60_000, (200,), generator=g)
+    ]
+    weights = np.array([n for _, n in clients], dtype=np.float64)
+    stacked = np.stack([t["w"].numpy().astype(np.float64) for t, _ in clients])
+    exact = (stacked * weights[:, None]).sum(0) / weights.sum()
+
+    # Execute
+    out = run(FedAvg(), BlobStore(tmp_path), clients)["w"].numpy().astype(np.float64)
+
+    # Assert: the error is measured against the size of the terms (cancellation makes some means tiny)
+    scale = (np.abs(stacked) * weights[:, None]).sum(0) / weights.sum()
+    assert np.max(np.abs(out - exact) / scale) < 1e-5
+
+
+def test_fedavg_keeps_float64_models_in_float64(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(4)
+    clients = [({"w": torch.randn(64, generator=g, dtype=torch.float64) + 1e8}, n) for n in (3, 7, 11)]
+    stacked = np.stack([t["w"].numpy() for t, _ in clients])
+    weights = np.array([3.0, 7.0, 11.0])
+    out = run(FedAvg(), BlobStore(tmp_path), clients)["w"]
+    assert out.dtype == torch.float64
+    np.testing.assert_allclose(out.numpy(), (stacked * weights[:, None]).sum(0) / weights.sum(), rtol=1e-15)
+
+
 def test_fedavg_unweighted_and_missing_counts(tmp_path: Path, clients) -> None:
     store = BlobStore(tmp_path)
     out = run(FedAvg(weighted=False), store, clients)

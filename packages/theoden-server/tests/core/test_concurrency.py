@@ -136,7 +136,11 @@ def test_fedavg_over_20_clients_of_a_10mb_model_keeps_memory_flat(tmp_path: Path
 
     # Assert
     growth, blob_id = out.stdout.split()
-    assert int(growth) < 4 * model_bytes, f"peak RSS grew by {int(growth) / 2**20:.1f} MiB for a 10 MiB model"
+    # one float32 running sum (1x the model) + the mapped upload being folded (page cache, shared,
+    # counted in RSS while mapped: 1x) + slack; float64 sums would add another 1x
+    assert int(growth) < 2 * model_bytes + 4 * 2**20, (
+        f"peak RSS grew by {int(growth) / 2**20:.1f} MiB for a 10 MiB model"
+    )
     blob = next((tmp_path / "store" / "blobs").rglob(blob_id))
     result = load(blob.read_bytes())
     torch.testing.assert_close(result["layer3.weight"], (expected["layer3.weight"] / total).float())

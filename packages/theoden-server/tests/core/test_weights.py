@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -13,11 +15,14 @@ from theoden_protocol import ModelSpec
 from theoden_server.errors import InvalidRequest
 from theoden_server.storage import BlobStore
 from theoden_server.weights import (
+    SLICE_BYTES,
     WeightsError,
     build_model,
     check_layout,
     iter_tensors,
     layout_of,
+    mapped,
+    mapped_tensor,
     read_layout,
     save_tensors,
 )
@@ -60,6 +65,51 @@ def test_layout_and_cast_on_write(tmp_path: Path) -> None:
     assert load(store.read_bytes(ref.id))["a"].dtype == torch.float16
     with pytest.raises(WeightsError, match="shape"):
         save_tensors(store, {"a": torch.zeros(3)}, layout=layout)
+
+
+def test_mapped_tensors_are_read_only_views_of_the_file(tmp_path: Path) -> None:
+    # Prepare
+    original = {"x": torch.randn(3, 7, dtype=torch.float64), "n": torch.tensor([4, 2]), "e": torch.zeros(0, 3)}
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(save(original))
+    layout = read_layout(path)
+
+    # Execute
+    with mapped(path, layout) as mm:
+        views = {name: mapped_tensor(mm, layout, name) for name in layout}
+        copies = {name: view.clone() for name, view in views.items()}
+        distance = views["n"].data_ptr() - views["x"].data_ptr()
+        del views
+
+    # Assert
+    for name, tensor in original.items():
+        assert copies[name].dtype == tensor.dtype and torch.equal(copies[name], tensor)
+    assert distance == layout["n"].begin - layout["x"].begin  # views into one mapping, not copies
+
+
+def test_a_truncated_file_is_refused_before_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(save({"x": torch.ones(100)}))
+    layout = read_layout(path)
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(WeightsError, match="header describes"), mapped(path, layout):
+        pass
+
+
+def test_casts_and_strided_tensors_are_written_slice_by_slice(tmp_path: Path) -> None:
+    # Prepare: a cast spanning several slices, and a transposed (non-contiguous) tensor
+    store = BlobStore(tmp_path)
+    big = torch.randn(SLICE_BYTES // 8 * 2 + 5, dtype=torch.float64)
+    strided = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
+    layout = layout_of({"big": big.half(), "strided": strided})
+
+    # Execute
+    ref = save_tensors(store, {"big": big, "strided": strided}, layout=layout)
+
+    # Assert
+    loaded = load(store.read_bytes(ref.id))
+    assert torch.equal(loaded["big"], big.half())
+    assert torch.equal(loaded["strided"], strided.contiguous())
 
 
 @pytest.mark.parametrize(
@@ -116,3 +166,19 @@ def test_server_side_model_registry() -> None:
         build_model(ModelSpec(name="nope"))
     with pytest.raises(InvalidRequest, match="does not accept"):
         build_model(ModelSpec(name="mlp", kwargs={"bogus": 1}))
+
+
+def test_large_writes_hashed_on_a_helper_thread_get_the_right_id(tmp_path: Path) -> None:
+    # Prepare: chunks below and above the size hashed in parallel, mixed
+    store = BlobStore(tmp_path)
+    chunks = [os.urandom(100), os.urandom(9 * 2**20), os.urandom(3), os.urandom(5 * 2**20)]
+
+    # Execute
+    with store.writer() as writer:
+        for chunk in chunks:
+            writer.write(memoryview(chunk))
+        ref = writer.commit()
+
+    # Assert
+    assert ref.id == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert store.read_bytes(ref.id) == b"".join(chunks)

@@ -2,7 +2,7 @@
 
 Every function works on one tensor name at a time (a list holds that tensor from each client),
 so callers can stream a model tensor by tensor. Floating-point maths is done in float64;
-callers cast back to the model's dtype.
+callers cast back to the model's dtype. (`FedAvg` folds uploads itself, in `accumulator_dtype`.)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 __all__ = [
+    "accumulator_dtype",
     "fedopt_step",
     "fold_weighted",
     "median",
@@ -26,6 +27,11 @@ __all__ = [
 _SLICE = 1 << 18
 
 FedOptVariant = Literal["adagrad", "adam", "yogi"]
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a running sum of ``dtype`` tensors is kept in: ``dtype``, but at least float32."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def fold_weighted(
