@@ -328,7 +328,7 @@ def run_zero_train(
                                 "-r",
                                 "200",
                                 "--threads",
-                                "--native",
+                                *([] if os.environ.get("BENCH_PROFILE_NATIVE") == "0" else ["--native"]),
                                 "-d",
                                 duration,
                                 "-p",

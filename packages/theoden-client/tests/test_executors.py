@@ -147,9 +147,17 @@ def test_missing_resources_fail_with_the_key_and_what_is_held(ctx: ExecutionCont
         ctx.run(Validate(split="test"))
 
 
+@pytest.mark.parametrize("through", ["memory", "file"])
 def test_send_model_uploads_safetensors_and_load_weights_restores_them(
-    ready: ExecutionContext, fake: FakeTransport
+    ready: ExecutionContext, fake: FakeTransport, through: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Prepare: small weights travel through memory; with the limit at 0 they go through scratch files
+    import theoden_client.executors.actions as actions
+    import theoden_client.executors.resource_commands as resource_commands
+
+    if through == "file":
+        monkeypatch.setattr(actions, "IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(resource_commands, "IN_MEMORY_BYTES", 0)
     ready.run(Train(steps=5))
     sent = ready.run(SendModel())
     ref = sent.blobs["model"]
@@ -163,7 +171,8 @@ def test_send_model_uploads_safetensors_and_load_weights_restores_them(
     ready.run(LoadWeights(blob=ref))
     loaded = ready.resources.get("model", nn.Module).state_dict()
     assert all(torch.equal(trained[k], loaded[k]) for k in trained)
-    assert not list(ready.workdir.iterdir())  # temporary files are gone
+    assert ready.workdir.exists() == (through == "file")  # memory: no file was ever made
+    assert not ready.workdir.exists() or not list(ready.workdir.iterdir())  # scratch files are gone
 
 
 def test_load_weights_shape_mismatch_names_the_tensor(ready: ExecutionContext) -> None:

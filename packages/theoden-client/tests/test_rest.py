@@ -242,6 +242,27 @@ def test_blob_round_trip_is_streamed_and_verified(server: FakeServer, transport:
     assert target.read_bytes() == payload
 
 
+def test_in_memory_blob_round_trip_is_verified(server: FakeServer, transport: RestTransport) -> None:
+    payload = bytes(range(256)) * 10_000
+    sha = hashlib.sha256(payload).hexdigest()
+
+    ref = transport.upload_bytes(payload, sha256=sha)
+    put = server.seen[-1]
+    assert (put.method, put.url.path, put.headers["content-length"]) == (
+        "PUT",
+        f"/api/v1/storage/{sha}",
+        str(len(payload)),
+    )
+    assert server.blobs[sha] == payload
+    assert transport.download_bytes(ref) == payload
+
+    server.corrupt_downloads = True
+    with pytest.raises(BlobIntegrityError, match="failed verification"):
+        transport.download_bytes(ref)
+    with pytest.raises(BlobIntegrityError, match="larger than its announced 10 bytes"):
+        transport.download_bytes(BlobRef(id=sha, sha256=sha, size=10))
+
+
 def test_a_corrupted_download_is_refused_and_removed(
     server: FakeServer, transport: RestTransport, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ environment or from a private file, so tokens stay valid when the server restart
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import ipaddress
@@ -61,6 +62,8 @@ MIN_SECRET_BYTES = 32
 
 _MAX_PASSWORD_LENGTH = 1024  # longer inputs are refused before hashing: argon2 time grows with input size
 _MAX_TOKEN_LENGTH = 8192
+#: Verified tokens remembered (a few per client between renewals).
+_VERIFIED_CACHE_SIZE = 8192
 _LOGIN_FAILED = "wrong username or password"
 
 # argon2-cffi's defaults are RFC 9106's second recommended profile: argon2id, t=3, m=64 MiB, p=4.
@@ -428,6 +431,9 @@ class TokenIssuer:
         self.algorithm = algorithm
         self.leeway_seconds = leeway_seconds
         self._clock = clock
+        # token -> (principal, exp): a token's signature and claims are checked once, then only its
+        # expiry (clients send the same token with every request until it is renewed)
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def __repr__(self) -> str:  # never shows the secret
         return f"TokenIssuer(issuer={self.issuer!r}, audience={self.audience!r}, ttl_seconds={self.ttl_seconds})"
@@ -455,6 +461,22 @@ class TokenIssuer:
         """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
             raise Unauthorized("malformed token: expected a JWT in the Authorization: Bearer header")
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if self._clock() <= expires + self.leeway_seconds:
+                return principal
+            self._verified.pop(token, None)
+            raise Unauthorized("token expired, log in again")
+        principal, expires = self._decode(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:  # drop the oldest entry (dicts keep insertion order)
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
+        """Check a token's signature and claims; return its principal and expiry time."""
         try:
             claims = jwt.decode(
                 token,
@@ -486,7 +508,10 @@ class TokenIssuer:
         name, role = claims["sub"], claims["role"]
         if not isinstance(name, str) or not USER_NAME_PATTERN.fullmatch(name) or role not in set(Role):
             raise Unauthorized("malformed token: bad subject or role claim")
-        return Principal(name, Role(role))
+        expires = float(claims["exp"])
+        if self._clock() > expires + self.leeway_seconds:  # the issuer's clock decides, as for remembered tokens
+            raise Unauthorized("token expired, log in again")
+        return Principal(name, Role(role)), expires
 
 
 def load_jwt_secret(

@@ -67,6 +67,42 @@ def test_token_from_the_future_is_refused() -> None:
         TokenIssuer(SECRET).verify(token)
 
 
+def test_a_verified_token_is_remembered_until_it_expires() -> None:
+    # Prepare: a server clock we move by hand; a 60 s token verified once
+    now = [time.time()]
+    issuer = TokenIssuer(SECRET, ttl_seconds=60, clock=lambda: now[0])
+    token, _ = issuer.issue(ALICE)
+    assert issuer.verify(token) == ALICE
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["role"] = "admin"
+    tampered = ".".join([header, b64(json.dumps(claims).encode()), signature])
+
+    # Execute / Assert: the remembered token still passes, a tampered sibling is checked afresh, and the
+    # remembered one stops working once it expires (beyond the leeway), as an unremembered one would
+    now[0] += 30
+    assert issuer.verify(token) == ALICE
+    with pytest.raises(Unauthorized, match="signature invalid"):
+        issuer.verify(tampered)
+    now[0] += 36
+    with pytest.raises(Unauthorized, match="^token expired, log in again$"):
+        issuer.verify(token)
+    with pytest.raises(Unauthorized, match="^token expired, log in again$"):
+        issuer.verify(token)
+
+
+def test_the_verified_token_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import theoden_server.security as security
+
+    monkeypatch.setattr(security, "_VERIFIED_CACHE_SIZE", 4)
+    issuer = TokenIssuer(SECRET)
+    tokens = [issuer.issue(Principal(f"c{i}", Role.CLIENT))[0] for i in range(10)]
+    for token in tokens:
+        issuer.verify(token)
+    assert len(issuer._verified) == 4
+    assert [issuer.verify(t).name for t in tokens] == [f"c{i}" for i in range(10)]  # evicted ones verify afresh
+
+
 def test_forged_token_is_refused() -> None:
     forged, _ = TokenIssuer(b"another secret of at least 32 bytes").issue(ALICE)
     with pytest.raises(Unauthorized, match="signature invalid"):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +26,14 @@ from theoden_client.losses import METRICS, LossSet, MetricSet
 from theoden_client.optim import ScheduledLR
 from theoden_client.resources import split_key
 from theoden_client.trainer import DataloaderSettings, evaluate, make_loader, train
-from theoden_client.weights import file_sha256, save_weights
+from theoden_client.weights import (
+    IN_MEMORY_BYTES,
+    file_sha256,
+    model_nbytes,
+    save_weights,
+    scratch_file,
+    weights_bytes,
+)
 
 __all__ = [
     "DATASET_KEY",
@@ -151,12 +156,14 @@ def send_model(command: SendModel, ctx: ExecutionContext) -> ExecutionResponse:
     model = ctx.resources.get(command.model_key, nn.Module)
     num_samples = len(resolve_split(ctx, command.sample_split))  # type: ignore[arg-type]
     transport = ctx.require_transport()
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="upload-") as tmp:
-        path = Path(tmp) / "weights.safetensors"
-        save_weights(model, path)
-        sha256, size = file_sha256(path)
-        ref = transport.upload_blob(path, sha256=sha256, size=size)
+    if model_nbytes(model) <= IN_MEMORY_BYTES:
+        data, sha256 = weights_bytes(model)
+        ref = transport.upload_bytes(data, sha256=sha256)
+    else:  # a big model goes through a file: it is never in memory twice
+        with scratch_file(ctx.workdir, prefix="upload-") as path:
+            save_weights(model, path)
+            sha256, size = file_sha256(path)
+            ref = transport.upload_blob(path, sha256=sha256, size=size)
     return ExecutionResponse(blobs={command.name: ref}, num_samples=num_samples)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
 import torch
 from theoden_protocol import (
@@ -34,7 +32,7 @@ from theoden_client.optim import build_optimizer, build_scheduler
 from theoden_client.partitions import local_splits, partition
 from theoden_client.resources import split_key
 from theoden_client.trainer import DataloaderSettings
-from theoden_client.weights import load_weights
+from theoden_client.weights import IN_MEMORY_BYTES, load_weights, scratch_file
 
 __all__ = [
     "LOSSES_KEY",
@@ -154,14 +152,15 @@ def set_dataloader(command: SetDataloader, ctx: ExecutionContext) -> ExecutionRe
 
 @builtin(LoadWeights)
 def load_weights_command(command: LoadWeights, ctx: ExecutionContext) -> ExecutionResponse:
-    """Download the weights blob to a temporary file, verify it and load it into the model."""
+    """Download the weights blob (into memory, or a scratch file when large), verify it and load it."""
     model = ctx.resources.get(command.model_key, nn.Module)
     transport = ctx.require_transport()
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="download-") as tmp:
-        path = Path(tmp) / f"{command.blob.id}.safetensors"
-        transport.download_blob(command.blob, path)
-        load_weights(model, path, strict=command.strict)
+    if command.blob.size <= IN_MEMORY_BYTES:
+        load_weights(model, transport.download_bytes(command.blob), strict=command.strict)
+    else:
+        with scratch_file(ctx.workdir, prefix="download-") as path:
+            transport.download_blob(command.blob, path)
+            load_weights(model, path, strict=command.strict)
     return ExecutionResponse(details={"blob": command.blob.id})
 
 

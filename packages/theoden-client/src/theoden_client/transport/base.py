@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +28,7 @@ from theoden_protocol import (
 
 from theoden_client.errors import BlobIntegrityError, UndecodableCommandError
 
-__all__ = ["BlobSink", "Transport", "salvage_command"]
+__all__ = ["BlobCollector", "BlobSink", "Transport", "salvage_command"]
 
 
 class Transport(ABC):
@@ -68,6 +69,28 @@ class Transport(ABC):
     def download_blob(self, ref: BlobRef, destination: Path) -> None:
         """Stream blob ``ref`` into ``destination``, verifying its size and digest (see `BlobSink`)."""
 
+    def upload_bytes(self, data: bytes, *, sha256: str, media_type: str = SAFETENSORS_MEDIA_TYPE) -> BlobRef:
+        """Upload a blob held in memory (``sha256`` is its digest).
+
+        This default goes through a temporary file and `upload_blob`; transports that can send bytes
+        directly override it.
+        """
+        with tempfile.TemporaryDirectory(prefix="theoden-upload-") as tmp:
+            path = Path(tmp) / "blob"
+            path.write_bytes(data)
+            return self.upload_blob(path, sha256=sha256, size=len(data), media_type=media_type)
+
+    def download_bytes(self, ref: BlobRef) -> bytes:
+        """Fetch blob ``ref`` into memory, verified like `download_blob`.
+
+        This default goes through a temporary file; transports that can collect the bytes directly
+        override it.
+        """
+        with tempfile.TemporaryDirectory(prefix="theoden-download-") as tmp:
+            path = Path(tmp) / "blob"
+            self.download_blob(ref, path)
+            return path.read_bytes()
+
     @abstractmethod
     def close(self) -> None:
         """Release connections; the transport is not used afterwards."""
@@ -92,7 +115,35 @@ class Transport(ABC):
         self.close()
 
 
-class BlobSink:
+class _Verifier:
+    """Hash a blob's bytes as they arrive and check them against its reference."""
+
+    def __init__(self, ref: BlobRef) -> None:
+        self.ref = ref
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    def _take(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.ref.size:
+            self.abort()
+            raise BlobIntegrityError(f"blob {self.ref.id} is larger than its announced {self.ref.size} bytes")
+        self._digest.update(chunk)
+
+    def _verify(self) -> None:
+        digest = self._digest.hexdigest()
+        if self.size != self.ref.size or digest != self.ref.sha256:
+            self.abort()
+            raise BlobIntegrityError(
+                f"blob {self.ref.id} failed verification: got {self.size} bytes with sha256 {digest}, "
+                f"expected {self.ref.size} bytes with sha256 {self.ref.sha256}"
+            )
+
+    def abort(self) -> None:
+        """Drop what was received."""
+
+
+class BlobSink(_Verifier):
     """Write a blob's bytes to a file while hashing them; `finish` verifies size and digest.
 
     On a mismatch the partial file is deleted, so nothing unverified is ever loaded.
@@ -103,19 +154,13 @@ class BlobSink:
     """
 
     def __init__(self, ref: BlobRef, destination: Path) -> None:
-        self.ref = ref
+        super().__init__(ref)
         self.destination = destination
-        self.size = 0
-        self._digest = hashlib.sha256()
         self._fh: IO[bytes] = destination.open("wb")
 
     def write(self, chunk: bytes) -> None:
         """Append ``chunk``, refusing to grow past the announced size."""
-        self.size += len(chunk)
-        if self.size > self.ref.size:
-            self.abort()
-            raise BlobIntegrityError(f"blob {self.ref.id} is larger than its announced {self.ref.size} bytes")
-        self._digest.update(chunk)
+        self._take(chunk)
         self._fh.write(chunk)
 
     def finish(self) -> None:
@@ -125,18 +170,45 @@ class BlobSink:
             BlobIntegrityError: The size or the digest differs (the file is removed).
         """
         self._fh.close()
-        digest = self._digest.hexdigest()
-        if self.size != self.ref.size or digest != self.ref.sha256:
-            self.destination.unlink(missing_ok=True)
-            raise BlobIntegrityError(
-                f"blob {self.ref.id} failed verification: got {self.size} bytes with sha256 {digest}, "
-                f"expected {self.ref.size} bytes with sha256 {self.ref.sha256}"
-            )
+        self._verify()
 
     def abort(self) -> None:
         """Close and delete the partial file."""
         self._fh.close()
         self.destination.unlink(missing_ok=True)
+
+
+class BlobCollector(_Verifier):
+    """Collect a blob's bytes in memory while hashing them; `finish` verifies and returns them.
+
+    Args:
+        ref: The reference the bytes must match.
+    """
+
+    def __init__(self, ref: BlobRef) -> None:
+        super().__init__(ref)
+        self._chunks: list[bytes] = []
+        self.result = b""
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``, refusing to grow past the announced size."""
+        self._take(chunk)
+        self._chunks.append(chunk)
+
+    def finish(self) -> bytes:
+        """Check size and SHA-256 digest against the reference and return the bytes.
+
+        Raises:
+            BlobIntegrityError: The size or the digest differs.
+        """
+        self._verify()
+        chunks, self._chunks = self._chunks, []
+        self.result = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self.result
+
+    def abort(self) -> None:
+        """Drop the bytes received so far."""
+        self._chunks = []
 
 
 class _CommandHead(msgspec.Struct):

@@ -40,7 +40,7 @@ from theoden_client.errors import (
     ServerRejected,
     ServerUnavailable,
 )
-from theoden_client.transport.base import BlobSink, Transport, salvage_command
+from theoden_client.transport.base import BlobCollector, BlobSink, Transport, salvage_command
 from theoden_client.weights import CHUNK_BYTES
 
 __all__ = ["API_PREFIX", "RestTransport"]
@@ -248,10 +248,18 @@ class RestTransport(Transport):
                 while chunk := fh.read(CHUNK_BYTES):
                     yield chunk
 
+        return self._put_blob(chunks, sha256=sha256, size=size, media_type=media_type)
+
+    def _put_blob(
+        self, content: bytes | Callable[[], Iterator[bytes]], *, sha256: str, size: int, media_type: str
+    ) -> BlobRef:
         headers = {"Content-Type": media_type, "X-Content-SHA256": sha256, "Content-Length": str(size)}
-        response = self._authed(
+        response = self._authed(  # a retry after a 401 needs a fresh body iterator, hence the factory
             lambda auth: self._http.build_request(
-                "PUT", f"/storage/{sha256}", content=chunks(), headers={**auth, **headers}
+                "PUT",
+                f"/storage/{sha256}",
+                content=content if isinstance(content, bytes) else content(),
+                headers={**auth, **headers},
             )
         )
         try:
@@ -265,6 +273,14 @@ class RestTransport(Transport):
             )
         return ref
 
+    def upload_bytes(self, data: bytes, *, sha256: str, media_type: str = SAFETENSORS_MEDIA_TYPE) -> BlobRef:
+        """PUT ``data`` to ``/storage/{sha256}`` in one body.
+
+        Raises:
+            BlobIntegrityError: The server's reference does not match the digest and size sent.
+        """
+        return self._put_blob(data, sha256=sha256, size=len(data), media_type=media_type)
+
     def download_blob(self, ref: BlobRef, destination: Path) -> None:
         """GET ``/storage/{ref.id}`` into ``destination``, streamed and verified.
 
@@ -272,17 +288,31 @@ class RestTransport(Transport):
             BlobIntegrityError: Size or digest differ from ``ref`` (the file is removed).
             ServerUnavailable: The connection broke during the transfer.
         """
+        self._get_blob(ref, lambda: BlobSink(ref, destination))
+
+    def download_bytes(self, ref: BlobRef) -> bytes:
+        """GET ``/storage/{ref.id}`` into memory, verified.
+
+        Raises:
+            BlobIntegrityError: Size or digest differ from ``ref``.
+            ServerUnavailable: The connection broke during the transfer.
+        """
+        collector = BlobCollector(ref)
+        self._get_blob(ref, lambda: collector)
+        return collector.result
+
+    def _get_blob(self, ref: BlobRef, open_sink: Callable[[], BlobSink | BlobCollector]) -> None:
         response = self._authed(
             lambda auth: self._http.build_request("GET", f"/storage/{ref.id}", headers=auth), stream=True
         )
-        sink: BlobSink | None = None
+        sink: BlobSink | BlobCollector | None = None
         try:
             announced = response.headers.get("X-Content-SHA256")
             if announced is not None and announced.lower() != ref.sha256:
                 raise BlobIntegrityError(
                     f"server sent blob {ref.id} with sha256 {announced}, but the reference says {ref.sha256}"
                 )
-            sink = BlobSink(ref, destination)
+            sink = open_sink()
             for chunk in response.iter_bytes():  # as received: re-chunking would copy every byte once more
                 sink.write(chunk)
             sink.finish()
@@ -291,7 +321,7 @@ class RestTransport(Transport):
                 sink.abort()
             raise ServerUnavailable(f"download of blob {ref.id} broke off: {exc}") from exc
         except BaseException:
-            if sink is not None and destination.exists():
+            if sink is not None:
                 sink.abort()
             raise
         finally:
