@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load
 from theoden_protocol import (
+    CommandStatus,
     DatasetSpec,
     ExecutionResponse,
     IndexPartition,
@@ -32,7 +33,7 @@ from theoden_server.operations import (
 )
 from theoden_server.watchers import BestModelDetector, BestModelSaver, MetricCollector
 
-from ._harness import SimClient, drive, tiny_model
+from ._harness import SimClient, drive, tiny_model, wait_for
 
 
 def plan(global_file: Path, n_rounds: int = 2, **kwargs: object) -> list:
@@ -388,3 +389,24 @@ def test_metrics_outside_rounds_reach_metrics_jsonl(make_server, tmp_path) -> No
     lines = [json.loads(line) for line in (server.run_dir / "metrics.jsonl").read_text().splitlines()]
     scores = {next(iter(line["clients"])): line["metrics"]["score"] for line in lines if line["phase"] == "scores"}
     assert scores == {"a": 1.0, "bb": 2.0}
+
+
+def test_a_distribution_completes_only_when_its_last_client_settles_in_any_order(make_server) -> None:
+    # Prepare: four clients get a command; they finish last-selected first
+    distribution = ClosedDistribution(Train(steps=0))
+    server = make_server(instructions=[RequireNumberOfClients(4), distribution])
+    clients = [SimClient(server, f"c{i}") for i in range(4)]
+    for client in clients:
+        client.register()
+    commands = {client.name: client.pull_wait() for client in clients}
+    order = sorted(clients, key=lambda c: distribution.selected.index(c.name), reverse=True)
+
+    # Execute / Assert
+    for i, client in enumerate(order):
+        client.report(commands[client.name], CommandStatus.FINISHED, ExecutionResponse())
+        if i < len(order) - 1:
+            wait_for(lambda c=client: distribution.entries[c.name].status is DistributionStatus.FINISHED)
+            server.operations.wait_idle()
+            assert not distribution.done
+    wait_for(lambda: distribution.done)
+    assert set(distribution.finished_clients()) == {c.name for c in clients}

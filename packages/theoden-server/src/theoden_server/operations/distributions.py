@@ -207,6 +207,7 @@ class ClosedDistribution(Distribution):
         self.selected: list[str] = []
         self._done = False
         self._finishing = False
+        self._unsettled_from = 0  # selected[:_unsettled_from] are settled (see _check_complete)
 
     # -- hooks (override or pass callables) ----------------------------------------------------
 
@@ -341,7 +342,13 @@ class ClosedDistribution(Distribution):
         return entry.status.is_final
 
     def _check_complete(self, server: Server) -> None:
-        if self._finishing or not all(self._settled(self.entries[c]) for c in self.selected):
+        # Settling is one-way, so the clients before the cursor stay settled: each call only looks
+        # past it (a round of N status updates costs O(N) in all, not O(N^2)).
+        while self._unsettled_from < len(self.selected) and self._settled(
+            self.entries[self.selected[self._unsettled_from]]
+        ):
+            self._unsettled_from += 1
+        if self._finishing or self._unsettled_from < len(self.selected):
             return
         self._finishing = True
         server.operations.submit(lambda: self._finish(server), f"{self.name}: finish")

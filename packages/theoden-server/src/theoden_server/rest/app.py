@@ -1,13 +1,11 @@
 """The Litestar application: routes under ``/api/v1`` over one `Server`."""
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 import msgspec
@@ -22,17 +20,16 @@ from litestar.response import File
 from theoden_protocol import (
     Ack,
     BlobRef,
-    CommandResponse,
     LoginResponse,
-    PullCommand,
     ServerRequest,
     ServerResponse,
     StatusUpdate,
 )
 from theoden_protocol._base import family_union
 
-from theoden_server.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from theoden_server.errors import BadRequest, Forbidden, PayloadTooLarge
 from theoden_server.rest.errors import EXCEPTION_HANDLERS
+from theoden_server.rest.fastpath import API_PREFIX, FastPath, authenticate, dispatch
 from theoden_server.rest.longpoll import LongPollHub
 from theoden_server.security import Principal, TokenIssuer, UsersFile
 from theoden_server.server import Server
@@ -42,7 +39,6 @@ __all__ = ["RestContext", "RestSettings", "TokenForm", "create_app"]
 
 logger = logging.getLogger("theoden.server.rest")
 
-API_PREFIX = "/api/v1"
 _UPLOAD_FLUSH_BYTES = 4 * 1024 * 1024
 
 
@@ -94,18 +90,7 @@ async def provide_principal(request: Request[Any, Any, Any], ctx: NamedDependenc
     one after the other; independent dependencies would be resolved concurrently in a task group per
     request, which costs more than resolving them.
     """
-    header = request.headers.get("authorization")
-    if not header:
-        raise Unauthorized(
-            f"missing bearer token: log in at POST {API_PREFIX}/auth/token and send 'Authorization: Bearer <token>'"
-        )
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    principal = ctx.tokens.verify(token.strip())
-    if principal.name not in ctx.users:
-        raise Unauthorized(f"user {principal.name!r} no longer exists; ask the operator for an account")
-    return principal
+    return authenticate(ctx, request.headers.get("authorization"))
 
 
 # -- auth ----------------------------------------------------------------------------------------
@@ -124,37 +109,10 @@ async def issue_token(data: URLEncodedBody[TokenForm], ctx: NamedDependency[Rest
 # -- requests and status -------------------------------------------------------------------------
 
 
-async def _long_poll(ctx: RestContext, request: PullCommand, client: str) -> ServerResponse:
-    wait = min(request.wait, ctx.settings.max_wait)
-    deadline = time.monotonic() + wait
-    server = ctx.server
-    while True:
-        event = ctx.hub.register(client)
-        try:
-            response = server.process_server_request(request, client)
-            remaining = deadline - time.monotonic()
-            if not isinstance(response, CommandResponse) or response.command is not None or remaining <= 0:
-                return response
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
-        finally:
-            ctx.hub.unregister(client, event)
-
-
-async def _dispatch(ctx: RestContext, data: ServerRequest, principal: Principal) -> ServerResponse:
-    if isinstance(data, PullCommand):  # the server refuses a pull naming another client before any wait
-        return await _long_poll(ctx, data, principal.name)
-    if isinstance(data, StatusUpdate):
-        # The core applies a status under a briefly held lock and hands slow work to its worker thread,
-        # so it runs inline: a thread hop per update costs more than the update (and convoys on the GIL).
-        return ctx.server.process_status_update(data, principal.name)
-    return ctx.server.process_server_request(data, principal.name, is_admin=principal.is_admin)
-
-
 def _requests_handler() -> Any:
     async def handle_request(data: Any, principal: Any, ctx: Any) -> Any:
         """Process any server request; a pull may wait up to its ``wait`` seconds for a command."""
-        return await _dispatch(ctx, data, principal)
+        return await dispatch(ctx, data, principal)
 
     handle_request.__annotations__ = {
         "data": JSONBody[family_union(ServerRequest)],  # type: ignore[misc]
@@ -309,7 +267,7 @@ def create_app(
         ),
         security=[{"OAuth2": []}],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[api],
         state=State({"theoden": ctx}),
         exception_handlers=EXCEPTION_HANDLERS,
@@ -318,3 +276,6 @@ def create_app(
         lifespan=[lifespan],
         debug=False,
     )
+    # the two hot routes skip Litestar's per-request machinery (same answers; see rest/fastpath.py)
+    app.asgi_handler = cast(Any, FastPath(cast(Any, app.asgi_handler), ctx))
+    return app

@@ -220,6 +220,8 @@ class LoggingWatcher(Watcher):
     Args:
         logger_name: Name of the logger to write to.
         level: Level of the routine messages (failures are logged as warnings).
+        client_level: Level of each client's successful command (one line per client and round: DEBUG by
+            default, so a run with hundreds of clients logs a few lines per round, not hundreds).
     """
 
     notification_types: ClassVar = (
@@ -232,9 +234,12 @@ class LoggingWatcher(Watcher):
         RunFinishedNotification,
     )
 
-    def __init__(self, logger_name: str = "theoden_server.run", *, level: int = logging.INFO) -> None:
+    def __init__(
+        self, logger_name: str = "theoden_server.run", *, level: int = logging.INFO, client_level: int = logging.DEBUG
+    ) -> None:
         self.log = logging.getLogger(logger_name)
         self.level = level
+        self.client_level = client_level
 
     def handle(self, notification: Notification, pool: WatcherPool) -> None:
         """Write one log line for the notification."""
@@ -245,7 +250,7 @@ class LoggingWatcher(Watcher):
             if n.error:
                 self.log.warning("client %s failed %s: %s", n.client, n.distribution or n.command_uuid, n.error)
             else:
-                self.log.log(self.level, "client %s finished %s", n.client, n.distribution or n.command_uuid)
+                self.log.log(self.client_level, "client %s finished %s", n.client, n.distribution or n.command_uuid)
         elif isinstance(n, RoundMetricsNotification):
             shown = ", ".join(f"{k}={v:.4g}" for k, v in n.metrics.items())
             self.log.log(self.level, "%s %s: %s (%d clients)", n.phase, n.round, shown, n.num_clients)

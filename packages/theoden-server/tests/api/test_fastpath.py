@@ -1,0 +1,154 @@
+"""The lean path for POST /requests and /status answers exactly as the Litestar handlers behind it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from theoden_protocol import CommandStatus, Heartbeat, PullCommand, RegisterRequest, StatusUpdate, codec
+from theoden_server.rest.fastpath import FastPath
+
+from .conftest import Api
+
+BIG = b'{"type": "heartbeat", "pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+
+
+def _cases(api: Api) -> list[tuple[str, bytes, dict[str, str]]]:
+    alice = {**api.auth("alice"), "Content-Type": "application/json"}
+    return [
+        ("/api/v1/requests", codec.encode(RegisterRequest()), alice),
+        ("/api/v1/requests", codec.encode(Heartbeat()), alice),
+        ("/api/v1/requests", codec.encode(PullCommand(wait=0)), alice),
+        ("/api/v1/requests", codec.encode(RegisterRequest(protocol_version="9.0")), alice),
+        ("/api/v1/requests", b'{"type": "teleport"}', alice),
+        ("/api/v1/requests", b"{", alice),
+        ("/api/v1/requests", BIG, alice),
+        ("/api/v1/requests", codec.encode(Heartbeat()), {}),
+        ("/api/v1/requests", codec.encode(Heartbeat()), {"Authorization": "Bearer not-a-jwt"}),
+        ("/api/v1/requests", codec.encode(Heartbeat()), {"Authorization": "Basic abc"}),
+        ("/api/v1/status", b'{"type": "status_update"}', alice),
+        (
+            "/api/v1/status",
+            codec.encode(StatusUpdate(client_name="alice", command_uuid="nope", status=CommandStatus.STARTED)),
+            alice,
+        ),
+        (
+            "/api/v1/status",
+            codec.encode(StatusUpdate(client_name="bob", command_uuid="nope", status=CommandStatus.STARTED)),
+            alice,
+        ),
+    ]
+
+
+@pytest.fixture
+async def framework_only(api: Api) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the same app with the fast path taken out (every request through Litestar)."""
+    app = api.built.app
+    wrapped = app.asgi_handler
+    assert isinstance(wrapped, FastPath)
+    inner = wrapped.app
+
+    async def without_fast_path(scope: Any, receive: Any, send: Any) -> None:
+        scope["app"] = scope["litestar_app"] = app
+        scope.setdefault("state", {})
+        await inner(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=without_fast_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+async def test_fast_path_answers_like_the_framework_handlers(api: Api, framework_only: httpx.AsyncClient) -> None:
+    for path, body, headers in _cases(api):
+        # Execute: the same request both ways (each changes nothing or the same thing twice)
+        fast = await api.client.post(path, content=body, headers=headers)
+        slow = await framework_only.post(path, content=body, headers=headers)
+
+        # Assert: same status, same error code, same body type, same challenge
+        where = (path, body[:60], headers.get("Authorization", "")[:12])
+        assert fast.status_code == slow.status_code, (where, fast.text, slow.text)
+        assert fast.headers["content-type"].startswith("application/json"), where
+        fast_body, slow_body = fast.json(), slow.json()
+        # a malformed body is the protocol codec's error (naming the JSON path) rather than Litestar's
+        codes = (fast_body.get("code"), slow_body.get("code"))
+        assert codes[0] == codes[1] or codes == ("protocol_error", "bad_request"), (where, fast_body, slow_body)
+        assert fast_body.get("type") == slow_body.get("type"), (where, fast_body, slow_body)
+        assert fast.headers.get("www-authenticate") == slow.headers.get("www-authenticate"), where
+        assert fast_body.keys() == slow_body.keys(), (where, fast_body, slow_body)
+
+
+async def test_an_announced_oversized_body_is_refused_before_it_is_read(api: Api) -> None:
+    # Prepare: a body that claims 100 MB but the app would have to read to find out
+    received = []
+    app = api.built.app
+    messages = [{"type": "http.request", "body": b"{}", "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        received.append(1)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    token = api.auth("alice")["Authorization"].encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/v1/requests",
+        "headers": [(b"authorization", token), (b"content-length", str(100 * 1024 * 1024).encode())],
+        "query_string": b"",
+    }
+
+    # Execute
+    await app(scope, receive, send)  # type: ignore[arg-type]
+
+    # Assert
+    assert received == []
+    assert sent[0]["status"] == 413
+    assert b"payload_too_large" in sent[1]["body"]
+
+
+async def test_a_client_gone_before_its_body_arrived_gets_no_answer_and_changes_nothing(api: Api) -> None:
+    app = api.built.app
+    server = api.built.server
+    before = server.topology.clients()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/v1/requests",
+        "headers": [(b"authorization", api.auth("alice")["Authorization"].encode())],
+        "query_string": b"",
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent == []
+    assert server.topology.clients() == before
+
+
+async def test_an_unexpected_error_is_a_logged_500_without_internals(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(api.built.server, "process_server_request", broken)
+    with caplog.at_level(logging.ERROR, logger="theoden.server.rest"):
+        response = await api.client.post(
+            "/api/v1/requests", content=codec.encode(Heartbeat()), headers=api.auth("alice")
+        )
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "secret" not in response.text
+    assert "secret internals" in caplog.text
