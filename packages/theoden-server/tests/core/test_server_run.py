@@ -12,6 +12,7 @@ from theoden_protocol import (
     CommandStatus,
     DatasetSpec,
     ExecutionResponse,
+    Exit,
     IndexPartition,
     LoadDataset,
     ModelSpec,
@@ -23,6 +24,7 @@ from theoden_protocol import (
 from theoden_server.operations import (
     ClosedDistribution,
     DistributionStatus,
+    ExitRun,
     InitGlobalModel,
     InitGlobalModelFromClient,
     LoadGlobalModel,
@@ -410,3 +412,17 @@ def test_a_distribution_completes_only_when_its_last_client_settles_in_any_order
             assert not distribution.done
     wait_for(lambda: distribution.done)
     assert set(distribution.finished_clients()) == {c.name for c in clients}
+
+
+def test_permanent_conditions_never_hold_back_the_end_of_a_run(make_server) -> None:
+    # Prepare: the run is over while a permanent condition no longer holds (a client left)
+    server = make_server(instructions=[ExitRun("bye")], permanent_conditions=[RequireNumberOfClients(2)])
+    client = SimClient(server, "a")
+    client.register()
+
+    # Execute
+    command = client.pull_wait()
+
+    # Assert
+    assert isinstance(command, Exit)
+    assert command.reason == "bye"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from theoden_protocol import ExecutionResponse, Exit, ModelSpec, SendModel
@@ -233,6 +233,8 @@ class ExitRun(ClosedDistribution):
 
     The distribution does not wait for the clients to confirm: a client counts once it got the command.
     """
+
+    gated: ClassVar[bool] = False  # ending the run never waits for the permanent conditions
 
     def __init__(self, reason: str = "the run is complete", *, name: str | None = None) -> None:
         super().__init__(Exit(reason=reason), name=name or "ExitRun")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from theoden_protocol import Command, StatusUpdate
 
@@ -93,6 +93,8 @@ class Distribution(Instruction, ABC):
     """
 
     started: bool = False
+    gated: ClassVar[bool] = True
+    """Whether the permanent conditions hold it back (start and hand-out); `ExitRun` is not held back."""
 
     @property
     @abstractmethod

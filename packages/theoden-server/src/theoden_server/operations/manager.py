@@ -222,6 +222,8 @@ class OperationManager:
                 self._pop(head)
             elif isinstance(head, Distribution):
                 if not head.started:
+                    if head.gated and not self._permanent_resolved():
+                        return moved  # selecting clients now would start a round the conditions forbid
                     head.start(self.server)
                     moved = True
                 if not head.done:
@@ -260,13 +262,18 @@ class OperationManager:
                 return online
             return [c for c in online if self.open_distribution.is_ready(c)]
 
+    def _permanent_resolved(self) -> bool:
+        return all(c.resolved(self.server) for c in self.permanent_conditions)
+
     def get_command(self, client: str) -> Command | None:
         """Return the next command for ``client`` or ``None``; never blocks."""
         self.advance()
         with self.lock:
             if self.finished:
                 return self._exit_for(client)
-            if not all(c.resolved(self.server) for c in self.permanent_conditions):
+            head = self._queue[0] if self._queue else None
+            gated = not (isinstance(head, Distribution) and not head.gated)
+            if gated and not self._permanent_resolved():
                 return None
             owner: Distribution | None = None
             command: Command | None = None
