@@ -30,7 +30,7 @@ def _users(run_dir: Path, names: list[str]) -> Path:
     return path
 
 
-def _run(mode: str, clients: int, duration: float) -> dict[str, Any]:
+def _run(mode: str, clients: int, duration: float, rate: float = 0.0) -> dict[str, Any]:
     run_dir = common.new_run_dir(f"cp-{mode}")
     names = [f"sim{i:04d}" for i in range(clients)]
     users = _users(run_dir, names)
@@ -55,6 +55,8 @@ def _run(mode: str, clients: int, duration: float) -> dict[str, Any]:
                 str(duration),
                 "--mode",
                 mode,
+                "--rate",
+                str(rate),
             ],
             stdout=subprocess.PIPE,
             stderr=open(run_dir / "logs" / "loadgen.log", "wb"),  # noqa: SIM115 - the child's text=True, start_new_session=True,
@@ -113,29 +115,50 @@ def _run(mode: str, clients: int, duration: float) -> dict[str, Any]:
         common.stop_all(procs)
 
 
+#: The load at which latency is judged (the figure's throughput target), offered by paced clients.
+OFFERED = 2000.0
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     clients = 500
     busy = _run("busy", clients, 8.0 if quick else 20.0)
+    paced = _run("busy", clients, 8.0 if quick else 20.0, rate=OFFERED)
     idle = _run("idle", clients, 14.0)
     M = common.metric
+    keys = ("requests", "elapsed", "errors", "commands", "server_cpu_share", "run_dir")
     return [
         M(
             "5",
-            f"{clients} clients: sustained requests/s",
+            f"{clients} clients, closed loop (no pauses): sustained requests/s",
             busy["rps"],
             "req/s",
             ">= 2000",
             busy["rps"] >= 2000,
-            detail={k: busy[k] for k in ("requests", "elapsed", "errors", "commands", "server_cpu_share", "run_dir")},
+            detail={k: busy[k] for k in keys},
         ),
-        M("5", "status update latency p50", busy["status_p50"] * 1000, "ms"),
-        M("5", "status update latency p99", busy["status_p99"] * 1000, "ms", "<= 100", busy["status_p99"] <= 0.1),
+        M("5", "closed loop: status update latency p50", busy["status_p50"] * 1000, "ms"),
         M(
             "5",
-            "all requests latency p99 (pulls include long-poll waits)",
-            busy["all_p99"] * 1000,
+            "closed loop: status update latency p99 (queueing: ~500 requests in flight / throughput)",
+            busy["status_p99"] * 1000,
             "ms",
-            detail={"pull_p50_ms": busy["pull_p50"] * 1000, "pull_p99_ms": busy["pull_p99"] * 1000},
+            detail={"pull_p50_ms": busy["pull_p50"] * 1000, "all_p99_ms": busy["all_p99"] * 1000},
+        ),
+        M(
+            "5",
+            f"{clients} clients paced to {OFFERED:.0f} req/s: achieved requests/s",
+            paced["rps"],
+            "req/s",
+            detail={k: paced[k] for k in keys},
+        ),
+        M("5", f"at {OFFERED:.0f} req/s: status update latency p50", paced["status_p50"] * 1000, "ms"),
+        M(
+            "5",
+            f"at {OFFERED:.0f} req/s: status update latency p99",
+            paced["status_p99"] * 1000,
+            "ms",
+            "<= 100",
+            paced["status_p99"] <= 0.1,
         ),
         M(
             "5",

@@ -3,7 +3,9 @@
 Run as its own process (``python benchmarks/loadgen.py --url URL --secret-file F --run-name R --clients N``).
 Each simulated client has its own connection and bearer token (minted with the run's JWT secret by the
 operator, so 500 argon2 logins are not part of the figure), registers, then loops: long-poll for a command,
-post STARTED, post FINISHED. Prints one JSON object with request counts and latencies.
+post STARTED, post FINISHED. Closed loop by default (each client sends its next request as soon as the last
+one is answered: the server's saturation throughput); with ``--rate R`` the clients are paced to offer R
+req/s in all (the latency at a given load). Prints one JSON object with request counts and latencies.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -81,10 +84,26 @@ async def simulated_client(
     stats["registered"] += 1
     pull = codec.encode(PullCommand(wait=args.wait))
     await start_evt.wait()
+    # Paced mode (--rate R): each client sends at most one request per N/R seconds (random phase), so the
+    # offered load is R req/s; latency counts from the intended send time (no coordinated omission), and a
+    # client that waited for its previous answer (a parked pull) does not owe the slots it missed.
+    pace = args.clients / args.rate if args.rate else 0.0
+    slot = time.monotonic() + random.uniform(0, pace)
+    last = time.monotonic()
+
+    async def next_send() -> float:
+        nonlocal slot
+        intended = max(slot, last)
+        delay = intended - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        slot = intended + pace
+        return intended if pace else time.monotonic()
+
     while time.monotonic() < stop_at[0]:
-        t0 = time.monotonic()
+        t0 = await next_send()
         status, body = await conn.post("/api/v1/requests", pull)
-        t1 = time.monotonic()
+        t1 = last = time.monotonic()
         if status != 200:
             stats["errors"] += 1
             continue
@@ -100,9 +119,9 @@ async def simulated_client(
             return
         for st, response in ((CommandStatus.STARTED, None), (CommandStatus.FINISHED, ExecutionResponse(num_samples=1))):
             body = codec.encode(StatusUpdate(client_name=name, command_uuid=uuid, status=st, response=response))
-            t0 = time.monotonic()
+            t0 = await next_send()
             status, answer = await conn.post("/api/v1/status", body)
-            t1 = time.monotonic()
+            t1 = last = time.monotonic()
             if status != 200:
                 stats["errors"] += 1
                 stats["last_error"] = answer[:300].decode(errors="replace")
@@ -203,6 +222,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--wait", type=float, default=30.0)
     parser.add_argument("--mode", choices=["busy", "idle"], default="busy")
+    parser.add_argument("--rate", type=float, default=0.0, help="offered req/s in all (0: closed loop, no pauses)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps({"event": "result", **result}), flush=True)

@@ -80,6 +80,38 @@ async def test_fast_path_answers_like_the_framework_handlers(api: Api, framework
         assert fast_body.keys() == slow_body.keys(), (where, fast_body, slow_body)
 
 
+async def test_fast_downloads_answer_like_the_framework_handler(api: Api, framework_only: httpx.AsyncClient) -> None:
+    # Prepare: alice's small upload, a big public blob (streamed in pieces), and ids that fail in each way
+    store = api.built.store
+    small = store.put_bytes(b"w" * 1000, owner="alice")
+    store.max_blob_bytes = 16 * 1024 * 1024
+    big = store.put_bytes(bytes(range(256)) * 40_000, owner="alice")  # 10 MB: streamed in pieces
+    cases = [
+        (f"/api/v1/storage/{small.id}", api.auth("alice")),
+        (f"/api/v1/storage/{big.id}", api.auth("alice")),
+        (f"/api/v1/storage/{small.id}", api.auth("bob")),
+        (f"/api/v1/storage/{small.id}", api.auth("root")),
+        (f"/api/v1/storage/{small.id}", {}),
+        (f"/api/v1/storage/{'0' * 64}", api.auth("alice")),
+        ("/api/v1/storage/not-an-id", api.auth("alice")),
+        ("/api/v1/storage/../../users.toml", api.auth("alice")),
+    ]
+    for path, headers in cases:
+        # Execute
+        fast = await api.client.get(path, headers=headers)
+        slow = await framework_only.get(path, headers=headers)
+
+        # Assert
+        where = (path[-20:], headers.get("Authorization", "")[:12])
+        assert fast.status_code == slow.status_code, (where, fast.text[:200], slow.text[:200])
+        if fast.status_code == 200:
+            assert fast.content == slow.content, where
+            for name in ("content-type", "content-length", "x-content-sha256", "content-disposition"):
+                assert fast.headers.get(name) == slow.headers.get(name), (where, name)
+        else:
+            assert fast.json()["code"] == slow.json()["code"], (where, fast.text, slow.text)
+
+
 async def test_an_announced_oversized_body_is_refused_before_it_is_read(api: Api) -> None:
     # Prepare: a body that claims 100 MB but the app would have to read to find out
     received = []

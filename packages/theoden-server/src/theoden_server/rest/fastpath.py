@@ -1,13 +1,15 @@
 """The hot routes, served without the framework's per-request machinery.
 
-Every client round trip goes through ``POST /api/v1/requests`` (pulls, heartbeats) and
-``POST /api/v1/status``. For these two, Litestar's routing, dependency injection, signature
-model and response pipeline cost about three times the work of the request itself (profiled in
-``benchmarks/RESULTS.md``, figure 5). `FastPath` sits in front of the Litestar app and answers
-them directly: authenticate the bearer token, read the body up to the size limit, decode it with
-the protocol's codec, call the `Server`, encode the answer. It answers exactly as the Litestar
-handlers would (same statuses, same `ErrorBody`); those handlers stay registered, so the
-OpenAPI schema still documents both routes. Every other route goes to Litestar unchanged.
+Every client round goes through ``POST /api/v1/requests`` (pulls, heartbeats), ``POST
+/api/v1/status`` and ``GET /api/v1/storage/{id}`` (the global model). For these, Litestar's
+routing, dependency injection, signature model and response pipeline cost about three times the
+work of the request itself, and its file responses hop to a worker thread per 64 KiB (profiled in
+``benchmarks/RESULTS.md``, figures 1 and 5). `FastPath` sits in front of the Litestar app and
+answers them directly: authenticate the bearer token, read the body up to the size limit, decode
+it with the protocol's codec, call the `Server`, encode the answer (or stream the blob). It
+answers as the Litestar handlers would (same statuses, same `ErrorBody`, same headers that
+clients use); those handlers stay registered, so the OpenAPI schema still documents the routes.
+Every other route goes to Litestar unchanged.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 from theoden_protocol import CommandResponse, ErrorBody, PullCommand, ServerRequest, ServerResponse, StatusUpdate, codec
 from theoden_protocol.errors import TheodenError
 
-from theoden_server.errors import PayloadTooLarge, Unauthorized, status_of
+from theoden_server.errors import Forbidden, PayloadTooLarge, Unauthorized, status_of
 from theoden_server.security import Principal
 
 if TYPE_CHECKING:
@@ -41,6 +44,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
+_STORAGE = f"{API_PREFIX}/storage/"
+#: Blobs up to this size are read on the event loop in one piece; larger ones in pieces on a worker thread.
+_INLINE_READ_BYTES = 4 * 1024 * 1024
+_READ_CHUNK_BYTES = 1024 * 1024
 _CHALLENGE = (b"www-authenticate", b"Bearer")
 
 
@@ -115,11 +122,11 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None
 
 
 class FastPath:
-    """ASGI wrapper answering ``POST /requests`` and ``POST /status`` itself (see the module docstring).
+    """ASGI wrapper answering the hot routes itself (see the module docstring).
 
     Args:
         app: The ASGI app every other request goes to (Litestar's handler stack).
-        ctx: The REST context (server, users, tokens, settings, long-poll hub).
+        ctx: The REST context (server, users, tokens, store, settings, long-poll hub).
     """
 
     def __init__(self, app: ASGIApp, ctx: RestContext) -> None:
@@ -129,11 +136,18 @@ class FastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a hot route, or pass the request on."""
-        is_status = self._routes.get(scope["path"]) if scope["type"] == "http" else None
-        if is_status is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        headers: list[tuple[bytes, bytes]] = [_JSON]
+        if scope["type"] == "http":
+            is_status = self._routes.get(scope["path"])
+            if is_status is not None and scope["method"] == "POST":
+                await self._post(scope, receive, send, is_status=is_status)
+                return
+            if scope["method"] == "GET" and scope["path"].startswith(_STORAGE):
+                await self._download(scope, send, scope["path"][len(_STORAGE) :])
+                return
+        await self.app(scope, receive, send)
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, *, is_status: bool) -> None:
+        """``POST /requests`` and ``POST /status``."""
         try:
             principal = authenticate(self.ctx, _header(scope, b"authorization"))
             body = await _read_body(scope, receive, self.ctx.settings.max_request_bytes)
@@ -145,19 +159,56 @@ class FastPath:
                 )
             else:
                 result = await dispatch(self.ctx, codec.decode_request(body), principal)
-            status, payload = 200, codec.encode(result)
-        except TheodenError as exc:
-            status, payload = status_of(exc), codec.encode(ErrorBody(code=exc.code, detail=exc.detail))
-            if isinstance(exc, Unauthorized):
-                headers.append(_CHALLENGE)
-        except Exception:
-            logger.exception("unhandled error on POST %s", scope["path"])
-            status = 500
-            payload = codec.encode(
-                ErrorBody(
-                    code="internal_error", detail="the server failed to handle this request; the error was logged"
-                )
-            )
-        headers.append((b"content-length", str(len(payload)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            payload = codec.encode(result)
+        except Exception as exc:
+            await _send_error(scope, send, exc)
+            return
+        headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _download(self, scope: Scope, send: Send, blob_id: str) -> None:
+        """``GET /storage/{blob_id}``: a blob the caller may read; small ones in one piece."""
+        try:
+            principal = authenticate(self.ctx, _header(scope, b"authorization"))
+            store = self.ctx.store
+            path = store.path(blob_id)
+            if not store.can_read(blob_id, principal.name, is_admin=principal.is_admin):
+                raise Forbidden(f"blob {blob_id} is not readable by {principal.name!r}: it is another client's upload")
+            ref = store.ref(blob_id)
+            file = path.open("rb")
+        except Exception as exc:
+            await _send_error(scope, send, exc)
+            return
+        headers = [
+            (b"content-type", ref.media_type.encode("latin-1")),
+            (b"content-length", str(ref.size).encode()),
+            (b"x-content-sha256", ref.sha256.encode()),
+            (b"content-disposition", f'inline; filename="{blob_id}.safetensors"'.encode()),
+        ]
+        with file:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if ref.size <= _INLINE_READ_BYTES:  # from the page cache in well under a millisecond
+                await send({"type": "http.response.body", "body": file.read()})
+                return
+            while chunk := await anyio.to_thread.run_sync(file.read, _READ_CHUNK_BYTES):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_error(scope: Scope, send: Send, exc: Exception) -> None:
+    """Answer with the `ErrorBody` the app's exception handlers would give."""
+    headers = [_JSON]
+    if isinstance(exc, TheodenError):
+        status, payload = status_of(exc), codec.encode(ErrorBody(code=exc.code, detail=exc.detail))
+        if isinstance(exc, Unauthorized):
+            headers.append(_CHALLENGE)
+    else:
+        logger.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+        status = 500
+        payload = codec.encode(
+            ErrorBody(code="internal_error", detail="the server failed to handle this request; the error was logged")
+        )
+    headers.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
