@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -110,6 +111,74 @@ async def test_fast_downloads_answer_like_the_framework_handler(api: Api, framew
                 assert fast.headers.get(name) == slow.headers.get(name), (where, name)
         else:
             assert fast.json()["code"] == slow.json()["code"], (where, fast.text, slow.text)
+
+
+async def test_fast_uploads_answer_like_the_framework_handler(api: Api, framework_only: httpx.AsyncClient) -> None:
+    # Prepare: each case is sent fast, then (after removing what it stored) through Litestar
+    store = api.built.store
+    data = bytes(range(256)) * 3000
+    sha = hashlib.sha256(data).hexdigest()
+    alice = api.auth("alice")
+    cases = [
+        (sha, data, alice),
+        (sha, data[:-1], alice),  # digest mismatch
+        (sha, data, {**alice, "X-Content-SHA256": "f" * 64}),
+        ("not-an-id", data, alice),
+        (sha, data, {}),
+        (hashlib.sha256(b"x" * (2 * 1024 * 1024)).hexdigest(), b"x" * (2 * 1024 * 1024), alice),  # over the limit
+    ]
+    for blob_id, body, headers in cases:
+        # Execute
+        fast = await api.client.put(f"/api/v1/storage/{blob_id}", content=body, headers=headers)
+        stored_fast = store.exists(blob_id)
+        if stored_fast:
+            store.delete(blob_id)
+        slow = await framework_only.put(f"/api/v1/storage/{blob_id}", content=body, headers=headers)
+        stored_slow = store.exists(blob_id)
+        if stored_slow:
+            store.delete(blob_id)
+
+        # Assert
+        where = (blob_id[:12], len(body), headers.get("X-Content-SHA256", "")[:4], bool(headers))
+        assert fast.status_code == slow.status_code, (where, fast.text, slow.text)
+        assert stored_fast == stored_slow, where
+        if fast.status_code == 201:
+            assert fast.json() == slow.json()
+        else:
+            assert fast.json()["code"] == slow.json()["code"], (where, fast.text, slow.text)
+    assert not list((store.root / "tmp").iterdir())  # no partial upload left behind
+
+
+async def test_an_upload_broken_off_stores_nothing_and_gets_no_answer(api: Api) -> None:
+    store = api.built.store
+    data = b"y" * 100_000
+    sha = hashlib.sha256(data).hexdigest()
+    messages = [
+        {"type": "http.request", "body": data[:50_000], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "PUT",
+        "path": f"/api/v1/storage/{sha}",
+        "headers": [
+            (b"authorization", api.auth("alice")["Authorization"].encode()),
+            (b"content-length", str(len(data)).encode()),
+        ],
+        "query_string": b"",
+    }
+    await api.built.app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent == []
+    assert not store.exists(sha)
+    assert not list((store.root / "tmp").iterdir())
 
 
 async def test_an_announced_oversized_body_is_refused_before_it_is_read(api: Api) -> None:

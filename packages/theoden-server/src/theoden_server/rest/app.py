@@ -27,19 +27,17 @@ from theoden_protocol import (
 )
 from theoden_protocol._base import family_union
 
-from theoden_server.errors import BadRequest, Forbidden, PayloadTooLarge
+from theoden_server.errors import BadRequest, Forbidden
 from theoden_server.rest.errors import EXCEPTION_HANDLERS
-from theoden_server.rest.fastpath import API_PREFIX, FastPath, authenticate, dispatch
+from theoden_server.rest.fastpath import API_PREFIX, FastPath, authenticate, dispatch, receive_blob
 from theoden_server.rest.longpoll import LongPollHub
 from theoden_server.security import Principal, TokenIssuer, UsersFile
 from theoden_server.server import Server
-from theoden_server.storage import BlobStore, validate_blob_id
+from theoden_server.storage import BlobStore
 
 __all__ = ["RestContext", "RestSettings", "TokenForm", "create_app"]
 
 logger = logging.getLogger("theoden.server.rest")
-
-_UPLOAD_FLUSH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,37 +140,7 @@ async def upload_blob(
     ctx: NamedDependency[RestContext],
 ) -> BlobRef:
     """Stream a blob into the store; ``blob_id`` must be the SHA-256 of the body."""
-    validate_blob_id(blob_id)
-    store = ctx.store
-    length_header = request.headers.get("content-length")
-    length = int(length_header) if length_header and length_header.isdigit() else None
-    if length is not None and length > store.max_blob_bytes:
-        raise PayloadTooLarge(f"blob of {length} bytes is larger than the limit of {store.max_blob_bytes} bytes")
-    claimed = request.headers.get("x-content-sha256")
-    if claimed is not None and claimed != blob_id:
-        raise BadRequest("X-Content-SHA256 differs from the blob id in the path")
-    media_type = request.headers.get("content-type") or "application/octet-stream"
-    writer = store.writer(
-        media_type=media_type[:128], owner=principal.name, expected_sha256=blob_id, expected_size=length
-    )
-    try:
-        # Received chunks are handed to a worker thread in batches (hashing and writing release the GIL);
-        # they are not joined first: a join would copy every byte once more on the event loop.
-        pending: list[bytes] = []
-        pending_bytes = 0
-        async for chunk in request.stream():
-            pending.append(chunk)
-            pending_bytes += len(chunk)
-            if pending_bytes >= _UPLOAD_FLUSH_BYTES:
-                await anyio.to_thread.run_sync(writer.write_chunks, pending)
-                pending = []
-                pending_bytes = 0
-        if pending:
-            await anyio.to_thread.run_sync(writer.write_chunks, pending)
-        return await anyio.to_thread.run_sync(writer.commit)
-    except BaseException:
-        writer.abort()
-        raise
+    return await receive_blob(ctx, principal, blob_id, request.headers.get, request.stream())
 
 
 @get("/storage/{blob_id:str}", tags=["storage"], summary="Download a blob")

@@ -1,7 +1,7 @@
 """The hot routes, served without the framework's per-request machinery.
 
 Every client round goes through ``POST /api/v1/requests`` (pulls, heartbeats), ``POST
-/api/v1/status`` and ``GET /api/v1/storage/{id}`` (the global model). For these, Litestar's
+/api/v1/status`` and ``GET`` / ``PUT /api/v1/storage/{id}`` (the global model, the client's update). For these, Litestar's
 routing, dependency injection, signature model and response pipeline cost about three times the
 work of the request itself, and its file responses hop to a worker thread per 64 KiB (profiled in
 ``benchmarks/RESULTS.md``, figures 1 and 5). `FastPath` sits in front of the Litestar app and
@@ -18,20 +18,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-from theoden_protocol import CommandResponse, ErrorBody, PullCommand, ServerRequest, ServerResponse, StatusUpdate, codec
+from theoden_protocol import (
+    BlobRef,
+    CommandResponse,
+    ErrorBody,
+    PullCommand,
+    ServerRequest,
+    ServerResponse,
+    StatusUpdate,
+    codec,
+)
 from theoden_protocol.errors import TheodenError
 
-from theoden_server.errors import Forbidden, PayloadTooLarge, Unauthorized, status_of
+from theoden_server.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, status_of
 from theoden_server.security import Principal
+from theoden_server.storage import validate_blob_id
 
 if TYPE_CHECKING:
     from theoden_server.rest.app import RestContext
 
-__all__ = ["API_PREFIX", "FastPath", "authenticate", "dispatch"]
+__all__ = ["API_PREFIX", "FastPath", "authenticate", "dispatch", "receive_blob"]
 
 logger = logging.getLogger("theoden.server.rest")
 
@@ -48,7 +58,13 @@ _STORAGE = f"{API_PREFIX}/storage/"
 #: Blobs up to this size are read on the event loop in one piece; larger ones in pieces on a worker thread.
 _INLINE_READ_BYTES = 4 * 1024 * 1024
 _READ_CHUNK_BYTES = 1024 * 1024
+#: Received upload bytes are handed to a worker thread in batches of about this size.
+_UPLOAD_FLUSH_BYTES = 4 * 1024 * 1024
 _CHALLENGE = (b"www-authenticate", b"Bearer")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was complete (nothing to answer)."""
 
 
 def authenticate(ctx: RestContext, header: str | None) -> Principal:
@@ -92,6 +108,53 @@ async def dispatch(ctx: RestContext, data: ServerRequest | StatusUpdate, princip
         # so it runs inline: a thread hop per update costs more than the update (and convoys on the GIL).
         return ctx.server.process_status_update(data, principal.name)
     return ctx.server.process_server_request(data, principal.name, is_admin=principal.is_admin)
+
+
+async def receive_blob(
+    ctx: RestContext,
+    principal: Principal,
+    blob_id: str,
+    header: Callable[[str], str | None],
+    chunks: AsyncIterator[bytes],
+) -> BlobRef:
+    """Stream an upload into the store as ``principal``'s blob; ``blob_id`` must be the SHA-256 of the body.
+
+    ``header`` looks up a request header by its lower-case name. Received chunks are handed to a worker
+    thread in batches (hashing and writing release the GIL) without being joined first (a join would
+    copy every byte once more on the event loop); the last batch and the commit share one hop.
+    """
+    validate_blob_id(blob_id)
+    store = ctx.store
+    length_header = header("content-length")
+    length = int(length_header) if length_header and length_header.isdigit() else None
+    if length is not None and length > store.max_blob_bytes:
+        raise PayloadTooLarge(f"blob of {length} bytes is larger than the limit of {store.max_blob_bytes} bytes")
+    claimed = header("x-content-sha256")
+    if claimed is not None and claimed != blob_id:
+        raise BadRequest("X-Content-SHA256 differs from the blob id in the path")
+    media_type = header("content-type") or "application/octet-stream"
+    writer = store.writer(
+        media_type=media_type[:128], owner=principal.name, expected_sha256=blob_id, expected_size=length
+    )
+
+    def finish(last: list[bytes]) -> BlobRef:
+        writer.write_chunks(last)
+        return writer.commit()
+
+    try:
+        pending: list[bytes] = []
+        pending_bytes = 0
+        async for chunk in chunks:
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= _UPLOAD_FLUSH_BYTES:
+                await anyio.to_thread.run_sync(writer.write_chunks, pending)
+                pending = []
+                pending_bytes = 0
+        return await anyio.to_thread.run_sync(finish, pending)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -141,9 +204,13 @@ class FastPath:
             if is_status is not None and scope["method"] == "POST":
                 await self._post(scope, receive, send, is_status=is_status)
                 return
-            if scope["method"] == "GET" and scope["path"].startswith(_STORAGE):
-                await self._download(scope, send, scope["path"][len(_STORAGE) :])
-                return
+            if scope["path"].startswith(_STORAGE):
+                if scope["method"] == "GET":
+                    await self._download(scope, send, scope["path"][len(_STORAGE) :])
+                    return
+                if scope["method"] == "PUT":
+                    await self._upload(scope, receive, send, scope["path"][len(_STORAGE) :])
+                    return
         await self.app(scope, receive, send)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, *, is_status: bool) -> None:
@@ -165,6 +232,34 @@ class FastPath:
             return
         headers = [_JSON, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, blob_id: str) -> None:
+        """``PUT /storage/{blob_id}``: a streamed upload (see `receive_blob`)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone(f"the client went away during the upload of {blob_id}")
+                if chunk := message.get("body", b""):
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            principal = authenticate(self.ctx, _header(scope, b"authorization"))
+            ref = await receive_blob(
+                self.ctx, principal, blob_id, lambda name: _header(scope, name.encode("latin-1")), chunks()
+            )
+        except ClientGone:
+            return
+        except Exception as exc:
+            await _send_error(scope, send, exc)
+            return
+        payload = codec.encode(ref)
+        headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def _download(self, scope: Scope, send: Send, blob_id: str) -> None:
