@@ -5,13 +5,16 @@ command starts on a client (setup and the global model done), peak = the highest
 Speed, side by side in this process on the uploads of the run's last round: the server's own aggregation
 path (FedAvg.add per upload from the stored blob + FedAvg.aggregate + save_tensors into a BlobStore, i.e.
 from uploaded blobs to the new global model) against an in-memory torch weighted sum of the same tensors
-(already loaded; float32 ``acc.add_(t, alpha=w)``), each repeated and the medians compared, both at the
-server's torch thread setting.
+(already loaded; float32 ``acc.add_(t, alpha=w)``), each repeated after one warm-up and the medians
+compared, both at the server's torch thread setting. Dirty pages are flushed (``os.sync``) before each
+repetition: on this machine's disk a 100 MB write takes ~0.09 s when nothing is waiting to be written
+back and 0.4-0.6 s right after another 100 MB write, which would measure the disk, not the aggregation.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -54,7 +57,8 @@ def aggregation_speed(blobs: list[tuple[str, Path]], repeats: int) -> tuple[list
     server_times, memory_times = [], []
     with tempfile.TemporaryDirectory(dir=blobs[0][1].parents[3]) as tmp:
         store = BlobStore(tmp)
-        for _ in range(repeats):
+        for attempt in range(repeats + 1):  # the first is a warm-up (first-touch page faults, torch set-up)
+            os.sync()  # no repetition pays for the disk writeback of the one before (see RESULTS.md, figure 3)
             t0 = time.perf_counter()
             agg = FedAvg()
             agg.start(AggregationContext(round=0, global_path=blobs[0][1]))
@@ -63,14 +67,16 @@ def aggregation_speed(blobs: list[tuple[str, Path]], repeats: int) -> tuple[list
                 ref = BlobRef(id=path.name, sha256=path.name, size=path.stat().st_size)
                 agg.add(ClientResult(client=owner, blob=ref, path=path, layout=layout, num_samples=int(w)))
             ref = save_tensors(store, agg.aggregate(), layout=agg.context.layout)
-            server_times.append(time.perf_counter() - t0)
+            if attempt:
+                server_times.append(time.perf_counter() - t0)
             store.delete(ref.id)
             del agg
         first = load_file(str(blobs[0][1]))  # not timed: the baseline starts from tensors in memory
         loaded = [{k: v.clone() for k, v in first.items()} for _ in blobs]  # one copy per client, as 10 uploads
         del first
         total = sum(weights)
-        for _ in range(repeats):
+        for attempt in range(repeats + 1):
+            os.sync()
             t0 = time.perf_counter()
             result = {}
             for name in loaded[0]:
@@ -78,7 +84,8 @@ def aggregation_speed(blobs: list[tuple[str, Path]], repeats: int) -> tuple[list
                 for tensors, w in zip(loaded[1:], weights[1:], strict=True):
                     acc.add_(tensors[name], alpha=w)
                 result[name] = acc.div_(total)
-            memory_times.append(time.perf_counter() - t0)
+            if attempt:
+                memory_times.append(time.perf_counter() - t0)
             del result, acc
         del loaded
         torch.set_num_threads(threads)
@@ -113,7 +120,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         elif e["event"] == "aggregated" and last_finish is not None:
             lags.append(e["mono"] - last_finish)
     blobs = _client_blobs(result.run_dir, clients)
-    server_times, memory_times = aggregation_speed(blobs, 2 if quick else 3)
+    server_times, memory_times = aggregation_speed(blobs, 3 if quick else 5)
     ratio = common.median(server_times) / common.median(memory_times)
     M = common.metric
     return [

@@ -61,3 +61,5 @@ Transport.heartbeat = _timed("net:heartbeat", Transport.heartbeat)  # type: igno
 RestTransport.send_status = _timed("net:status", RestTransport.send_status)  # type: ignore[method-assign]
 RestTransport.download_blob = _timed("net:download", RestTransport.download_blob)  # type: ignore[method-assign]
 RestTransport.upload_blob = _timed("net:upload", RestTransport.upload_blob)  # type: ignore[method-assign]
+RestTransport.download_bytes = _timed("net:download", RestTransport.download_bytes)  # type: ignore[method-assign]
+RestTransport.upload_bytes = _timed("net:upload", RestTransport.upload_bytes)  # type: ignore[method-assign]

@@ -78,12 +78,13 @@ class FedAvg(Aggregator):
         return float(result.num_samples)
 
     def add(self, result: ClientResult) -> None:
-        """Fold the result into the running sums, slice by slice."""
+        """Fold the result into the running sums (the first result sets them), straight from its file."""
         weight = self.weight_of(result)
-        if not self._sums:  # allocate every running sum at once: no heap fragmentation between uploads
+        first = not self._sums
+        if first:  # allocate every running sum at once: no heap fragmentation between uploads
             reference = self.context.layout or result.layout
             self._sums = {
-                name: torch.zeros(info.shape, dtype=accumulator_dtype(reference.get(name, info).dtype))
+                name: torch.empty(info.shape, dtype=accumulator_dtype(reference.get(name, info).dtype))
                 for name, info in result.layout.items()
                 if info.dtype.is_floating_point
             }
@@ -91,10 +92,14 @@ class FedAvg(Aggregator):
             with mapped(result.path, result.layout) as mm:
                 for name, info in result.layout.items():
                     tensor = mapped_tensor(mm, result.layout, name)
-                    if info.dtype.is_floating_point:
-                        self._sums[name].add_(tensor, alpha=weight)
-                    else:
+                    if not info.dtype.is_floating_point:
                         self._others[name] = merge_non_float(self._others.get(name), tensor)
+                    elif not first:
+                        self._sums[name].add_(tensor, alpha=weight)
+                    elif tensor.dtype == self._sums[name].dtype:  # the first upload sets the sums: one pass
+                        torch.mul(tensor, weight, out=self._sums[name])
+                    else:  # convert before scaling (a float16 upload times a sample count may overflow float16)
+                        self._sums[name].copy_(tensor).mul_(weight)
                     del tensor  # no view of the mapping may outlive it
         except Exception as exc:  # a half-folded upload would skew the mean: the round cannot be trusted
             self._broken = f"reading the upload of {result.client} failed halfway: {exc}"
