@@ -182,3 +182,30 @@ def test_large_writes_hashed_on_a_helper_thread_get_the_right_id(tmp_path: Path)
     # Assert
     assert ref.id == hashlib.sha256(b"".join(chunks)).hexdigest()
     assert store.read_bytes(ref.id) == b"".join(chunks)
+
+
+def test_batched_writes_survive_partial_system_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: more chunks than one writev takes, and a writev that stops after at most 1000 bytes
+    import theoden_server.storage as storage
+
+    real_writev = os.writev
+    calls = []
+
+    def stingy_writev(fd: int, buffers: list[bytes]) -> int:
+        calls.append(len(buffers))
+        first = memoryview(buffers[0])[:1000]
+        return real_writev(fd, [first])
+
+    monkeypatch.setattr(storage.os, "writev", stingy_writev)
+    store = BlobStore(tmp_path)
+    chunks = [os.urandom(n) for n in [1500, 3, 999, 1000, 2001] * 300]  # 1,500 chunks
+
+    # Execute
+    with store.writer() as writer:
+        writer.write_chunks(chunks)
+        ref = writer.commit()
+
+    # Assert
+    assert store.read_bytes(ref.id) == b"".join(chunks)
+    assert ref.id == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert max(calls) <= 1024
