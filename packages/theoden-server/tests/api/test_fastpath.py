@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from theoden_protocol import CommandStatus, Heartbeat, PullCommand, RegisterRequest, StatusUpdate, codec
 from theoden_server.rest.fastpath import FastPath
+from theoden_server.rest.longpoll import WAKE_BATCH, LongPollHub
 
 from .conftest import Api
 
@@ -253,3 +256,22 @@ async def test_an_unexpected_error_is_a_logged_500_without_internals(
     assert response.json()["code"] == "internal_error"
     assert "secret" not in response.text
     assert "secret internals" in caplog.text
+
+
+async def test_a_broadcast_wakes_parked_pulls_in_batches_so_other_requests_interleave() -> None:
+    # Prepare: 100 parked pulls on this loop
+    hub = LongPollHub()
+    hub.bind(asyncio.get_running_loop(), lambda callback: lambda: None)
+    events = [hub.register(f"c{i}") for i in range(100)]
+
+    # Execute: wake everyone; count how many are set after each loop iteration
+    hub._wake(None)
+    counts = [sum(e.is_set() for e in events)]
+    while counts[-1] < len(events):
+        await asyncio.sleep(0)
+        counts.append(sum(e.is_set() for e in events))
+
+    # Assert: one batch per iteration, everyone in the end
+    assert counts[0] == WAKE_BATCH
+    assert all(b - a <= WAKE_BATCH for a, b in itertools.pairwise(counts))
+    assert counts[-1] == 100 and len(counts) >= 100 // WAKE_BATCH

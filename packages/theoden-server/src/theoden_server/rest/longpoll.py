@@ -7,7 +7,10 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 
-__all__ = ["LongPollHub"]
+__all__ = ["WAKE_BATCH", "LongPollHub"]
+
+#: Parked pulls woken per event-loop iteration when many are woken at once.
+WAKE_BATCH = 32
 
 
 class LongPollHub:
@@ -47,9 +50,18 @@ class LongPollHub:
 
     def _wake(self, client: str | None) -> None:
         groups = list(self._waiters.values()) if client is None else [self._waiters.get(client, set())]
-        for group in groups:
-            for event in group:
-                event.set()
+        self._set([event for group in groups for event in group])
+
+    def _set(self, events: list[asyncio.Event]) -> None:
+        """Wake ``events`` a batch per loop iteration, so requests that arrive meanwhile are served in between.
+
+        Waking hundreds of parked pulls at once (a new round) would queue all their answers ahead of
+        every status update and heartbeat that arrives during the burst.
+        """
+        for event in events[:WAKE_BATCH]:
+            event.set()
+        if len(events) > WAKE_BATCH and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(self._set, events[WAKE_BATCH:])
 
     def register(self, client: str) -> asyncio.Event:
         """Return a fresh event that is set when ``client`` may have a command."""
