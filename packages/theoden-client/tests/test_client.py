@@ -12,13 +12,16 @@ from theoden_client import Backoff, Client, CommandAllowlist, default_executors
 from theoden_client.errors import AuthenticationError, ServerUnavailable, UndecodableCommandError
 from theoden_client.executors import ExecutionContext
 from theoden_protocol import (
+    Ack,
     Command,
+    CommandStatus,
     DatasetSpec,
     ExecutionResponse,
     Exit,
     LoadDataset,
     PrintResourceKeys,
     Sequential,
+    StatusUpdate,
     Train,
     register,
 )
@@ -71,6 +74,38 @@ def test_loop_reports_started_then_finished_and_exits(tmp_path: Path) -> None:
     assert all(s.client_name == "site-a" for s in fake.statuses)
     assert fake.logins == fake.registrations == 1
     assert fake.requests[0].protocol_version == "1.0"  # type: ignore[attr-defined]
+
+
+class SlowStartedTransport(FakeTransport):
+    """Takes 0.3 s to accept a STARTED; records when each status arrived."""
+
+    def __init__(self, commands: list) -> None:  # type: ignore[type-arg]
+        super().__init__(commands)
+        self.arrivals: list[tuple[str, float]] = []
+
+    def send_status(self, update: StatusUpdate) -> Ack:
+        if update.status is CommandStatus.STARTED:
+            time.sleep(0.3)
+        self.arrivals.append((str(update.status), time.monotonic()))
+        return super().send_status(update)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_started_goes_out_beside_the_work_and_never_after_the_final_status(tmp_path: Path, fails: bool) -> None:
+    # Prepare: a command that takes 0.3 s, or fails at once
+    work = Hello(greeting="x", sleep=0.3) if not fails else Train(steps=1)  # Train without a model fails
+    fake = SlowStartedTransport([work, Exit()])
+    client = make_client(fake, tmp_path)
+
+    # Execute
+    began = time.monotonic()
+    update = client.handle(work)
+    took = time.monotonic() - began
+
+    # Assert: both 0.3 s waits overlapped, and STARTED arrived first
+    assert update.status is (CommandStatus.FAILED if fails else CommandStatus.FINISHED)
+    assert [status for status, _ in fake.arrivals] == ["started", update.status.value]
+    assert took < 0.55 if not fails else took >= 0.3
 
 
 def test_a_failing_command_is_failed_and_the_client_keeps_running(tmp_path: Path) -> None:

@@ -212,13 +212,18 @@ class Client:
         except Exception as exc:
             logger.warning("refused command %s: %s", command.uuid, exc)
             return self._finish(command, self._failure(exc))
-        self._send_started(command)
+        # STARTED goes out beside the work (its round trip is off the command's path); the final status
+        # waits for it, so the server never sees them out of order
+        started = threading.Thread(target=self._send_started, args=(command,), name="theoden-started", daemon=True)
+        started.start()
         try:
             response = self.context.run(command)
         except Exception as exc:
             logger.error("command %s (%s) failed: %s", command.uuid, type(command).__name__, exc, exc_info=exc)
+            started.join()
             return self._finish(command, self._failure(exc))
         logger.info("command %s (%s) finished", command.uuid, type(command).__name__)
+        started.join()
         return self._finish(command, _without_non_finite(response), CommandStatus.FINISHED)
 
     # -- connection ----------------------------------------------------------------------------
