@@ -247,5 +247,7 @@ def test_09_clients_verify_the_server_over_https(runner: ExampleRunner) -> None:
     assert json.loads((result.run_dir / "endpoint.json").read_text())["tls"] is True
     assert "server listening at https://localhost:" in result.stdout
     for site in ("site-1", "site-2"):
-        assert "POST https://localhost:" in (result.run_dir / "logs" / f"{site}.log").read_text()
+        log = (result.run_dir / "logs" / f"{site}.log").read_text()
+        assert "logged in to https://localhost:" in log
+        assert "TLS, server certificate verified against" in log
     assert [r["round"] for r in _records(result.run_dir) if r["phase"] == "round"] == [0]

@@ -124,6 +124,11 @@ class RestTransport(Transport):
         )
         self._username = username
         self._password = password
+        self._security = (
+            "plain HTTP"
+            if not self.server_url.startswith("https://")
+            else f"TLS, server certificate verified against {ca_file if ca_file else 'the system trust store'}"
+        )
         self._timeout = timeout
         self._poll_margin = poll_margin
         self._token: str | None = None
@@ -158,7 +163,13 @@ class RestTransport(Transport):
         expires_in = token.expires_in if token.expires_in is not None else 3600
         self._token = token.access_token
         self._token_deadline = time.monotonic() + expires_in - min(30.0, expires_in / 10)
-        logger.debug("logged in as %s (token valid for %ss)", self._username, expires_in)
+        logger.info(
+            "logged in to %s as %s (%s; token valid for %ss)",
+            self.server_url,
+            self._username,
+            self._security,
+            expires_in,
+        )
         return LoginResponse(access_token=token.access_token, token_type=token.token_type, expires_in=expires_in)
 
     def _current_token(self) -> str:
