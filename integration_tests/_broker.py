@@ -148,8 +148,11 @@ class Broker:
 
     def stop(self) -> None:
         if self.kind == "node":
+            pid = _node_pid(self)
             self.ctl("stop", timeout=120)
+            _wait_process_gone(pid)  # the old VM must be gone before a node of the same name starts
             _wait_port_closed(self.host, self.port)
+            _wait_port_closed(self.host, int(self.env["RABBITMQ_DIST_PORT"]))
         elif self.kind == "container":
             self.ctl("stop_app")
 
@@ -186,11 +189,52 @@ def _wait_port_closed(host: str, port: int, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def _start_node(broker: Broker) -> None:
+def _node_pid(broker: Broker) -> int | None:
+    try:
+        return int(Path(broker.env["RABBITMQ_PID_FILE"]).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_process_gone(pid: int | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # pragma: no cover - someone else's process reuses the pid
+            return
+        time.sleep(0.1)
+
+
+def _log_tail(broker: Broker, lines: int = 30) -> str:
     assert broker.workdir is not None
-    subprocess.run([_tool("rabbitmq-server"), "-detached"], env=broker.env, check=True, capture_output=True, timeout=60)
+    out = []
+    for log in sorted((broker.workdir / "log").glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.name}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def _start_node(broker: Broker, attempts: int = 3) -> None:
+    assert broker.workdir is not None
     pid_file = broker.env["RABBITMQ_PID_FILE"]
-    broker.ctl("wait", pid_file, "--timeout", "90", timeout=120)
+    for attempt in range(1, attempts + 1):
+        # a node restarted right after a stop can fail to boot (its name or ports not yet released): retry
+        subprocess.run(
+            [_tool("rabbitmq-server"), "-detached"], env=broker.env, check=True, capture_output=True, timeout=60
+        )
+        try:
+            broker.ctl("wait", pid_file, "--timeout", "45", timeout=75)
+            break
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            if attempt == attempts:
+                raise RuntimeError(f"{exc}\nnode log:\n{_log_tail(broker)}") from exc
+            with contextlib.suppress(Exception):
+                broker.ctl("stop", timeout=60)
+            _wait_process_gone(_node_pid(broker))
+            time.sleep(2.0)
     deadline = time.monotonic() + 60
     while True:  # `wait` returns once the app booted; the listener follows right after
         with socket.socket() as sock:
