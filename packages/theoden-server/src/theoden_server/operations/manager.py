@@ -272,8 +272,8 @@ class OperationManager:
             if self.finished:
                 return self._exit_for(client)
             head = self._queue[0] if self._queue else None
-            gated = not (isinstance(head, Distribution) and not head.gated)
-            if gated and not self._permanent_resolved():
+            exempt = isinstance(head, Distribution) and not head.gated  # ExitRun
+            if not exempt and not self._permanent_resolved():
                 return None
             owner: Distribution | None = None
             command: Command | None = None

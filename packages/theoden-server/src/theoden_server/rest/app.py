@@ -27,9 +27,9 @@ from theoden_protocol import (
 )
 from theoden_protocol._base import family_union
 
-from theoden_server.errors import BadRequest, Forbidden
+from theoden_server.errors import BadRequest
 from theoden_server.rest.errors import EXCEPTION_HANDLERS
-from theoden_server.rest.fastpath import API_PREFIX, FastPath, authenticate, dispatch, receive_blob
+from theoden_server.rest.fastpath import API_PREFIX, FastPath, authenticate, dispatch, readable_blob, receive_blob
 from theoden_server.rest.longpoll import LongPollHub
 from theoden_server.security import Principal, TokenIssuer, UsersFile
 from theoden_server.server import Server
@@ -148,11 +148,7 @@ async def download_blob(
     blob_id: FromPath[str], principal: NamedDependency[Principal], ctx: NamedDependency[RestContext]
 ) -> File:
     """Stream a blob the caller may read (the global model; a client's own uploads)."""
-    store = ctx.store
-    path = store.path(blob_id)
-    if not store.can_read(blob_id, principal.name, is_admin=principal.is_admin):
-        raise Forbidden(f"blob {blob_id} is not readable by {principal.name!r}: it is another client's upload")
-    ref = store.ref(blob_id)
+    path, ref = readable_blob(ctx, principal, blob_id)
     return File(
         path,
         media_type=ref.media_type,

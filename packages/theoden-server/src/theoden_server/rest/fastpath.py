@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -41,7 +42,7 @@ from theoden_server.storage import validate_blob_id
 if TYPE_CHECKING:
     from theoden_server.rest.app import RestContext
 
-__all__ = ["API_PREFIX", "FastPath", "authenticate", "dispatch", "receive_blob"]
+__all__ = ["API_PREFIX", "FastPath", "authenticate", "dispatch", "readable_blob", "receive_blob"]
 
 logger = logging.getLogger("theoden.server.rest")
 
@@ -164,24 +165,40 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or ``None`` when the client went away; `PayloadTooLarge` past ``limit``."""
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body's pieces as they arrive; `ClientGone` when the client disconnects first."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client went away before its request was complete")
+        if chunk := message.get("body", b""):
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body; `PayloadTooLarge` past ``limit``, `ClientGone` when the client went away."""
     length = _header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"a body of {length} bytes is larger than this route accepts ({limit} bytes)")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
+    async for chunk in _body_chunks(receive):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the body is larger than this route accepts ({limit} bytes)")
         chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def readable_blob(ctx: RestContext, principal: Principal, blob_id: str) -> tuple[Path, BlobRef]:
+    """The file and reference of a blob ``principal`` may read (`NotFound`, `Forbidden` otherwise)."""
+    store = ctx.store
+    path = store.path(blob_id)
+    if not store.can_read(blob_id, principal.name, is_admin=principal.is_admin):
+        raise Forbidden(f"blob {blob_id} is not readable by {principal.name!r}: it is another client's upload")
+    return path, store.ref(blob_id)
 
 
 class FastPath:
@@ -218,15 +235,10 @@ class FastPath:
         try:
             principal = authenticate(self.ctx, _header(scope, b"authorization"))
             body = await _read_body(scope, receive, self.ctx.settings.max_request_bytes)
-            if body is None:
-                return
-            if is_status:
-                result: ServerResponse = self.ctx.server.process_status_update(
-                    codec.decode_status(body), principal.name
-                )
-            else:
-                result = await dispatch(self.ctx, codec.decode_request(body), principal)
-            payload = codec.encode(result)
+            data = codec.decode_status(body) if is_status else codec.decode_request(body)
+            payload = codec.encode(await dispatch(self.ctx, data, principal))
+        except ClientGone:
+            return
         except Exception as exc:
             await _send_error(scope, send, exc)
             return
@@ -236,21 +248,10 @@ class FastPath:
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send, blob_id: str) -> None:
         """``PUT /storage/{blob_id}``: a streamed upload (see `receive_blob`)."""
-
-        async def chunks() -> AsyncIterator[bytes]:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone(f"the client went away during the upload of {blob_id}")
-                if chunk := message.get("body", b""):
-                    yield chunk
-                if not message.get("more_body", False):
-                    return
-
         try:
             principal = authenticate(self.ctx, _header(scope, b"authorization"))
             ref = await receive_blob(
-                self.ctx, principal, blob_id, lambda name: _header(scope, name.encode("latin-1")), chunks()
+                self.ctx, principal, blob_id, lambda name: _header(scope, name.encode("latin-1")), _body_chunks(receive)
             )
         except ClientGone:
             return
@@ -265,12 +266,7 @@ class FastPath:
     async def _download(self, scope: Scope, send: Send, blob_id: str) -> None:
         """``GET /storage/{blob_id}``: a blob the caller may read; small ones in one piece."""
         try:
-            principal = authenticate(self.ctx, _header(scope, b"authorization"))
-            store = self.ctx.store
-            path = store.path(blob_id)
-            if not store.can_read(blob_id, principal.name, is_admin=principal.is_admin):
-                raise Forbidden(f"blob {blob_id} is not readable by {principal.name!r}: it is another client's upload")
-            ref = store.ref(blob_id)
+            path, ref = readable_blob(self.ctx, authenticate(self.ctx, _header(scope, b"authorization")), blob_id)
             file = path.open("rb")
         except Exception as exc:
             await _send_error(scope, send, exc)
