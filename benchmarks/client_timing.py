@@ -29,7 +29,16 @@ def _record(kind: str, start: float, end: float, **extra: Any) -> None:
         return
     with _LOCK:
         _FILE.write(
-            json.dumps({"kind": kind, "start": start, "end": end, "thread": threading.current_thread().name, **extra})
+            json.dumps(
+                {
+                    "who": os.getpid(),
+                    "kind": kind,
+                    "start": start,
+                    "end": end,
+                    "thread": threading.current_thread().name,
+                    **extra,
+                }
+            )
             + "\n"
         )
 
@@ -62,4 +71,31 @@ RestTransport.send_status = _timed("net:status", RestTransport.send_status)  # t
 RestTransport.download_blob = _timed("net:download", RestTransport.download_blob)  # type: ignore[method-assign]
 RestTransport.upload_blob = _timed("net:upload", RestTransport.upload_blob)  # type: ignore[method-assign]
 RestTransport.download_bytes = _timed("net:download", RestTransport.download_bytes)  # type: ignore[method-assign]
-RestTransport.upload_bytes = _timed("net:upload", RestTransport.upload_bytes)  # type: ignore[method-assign]
+RestTransport.upload_parts = _timed("net:upload", RestTransport.upload_parts)  # type: ignore[method-assign]
+
+
+def _timed_enter(kind: str, factory: Any) -> Any:
+    """Time a context manager's entry (for `download_buffer`, the download itself)."""
+
+    @wraps(factory)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        manager = factory(*args, **kwargs)
+        enter = manager.__enter__
+
+        class Timed:
+            def __enter__(self) -> Any:
+                t0 = time.monotonic()
+                try:
+                    return enter()
+                finally:
+                    _record(kind, t0, time.monotonic())
+
+            def __exit__(self, *exc: Any) -> Any:
+                return manager.__exit__(*exc)
+
+        return Timed()
+
+    return wrapper
+
+
+RestTransport.download_buffer = _timed_enter("net:download", RestTransport.download_buffer)  # type: ignore[method-assign]

@@ -41,6 +41,9 @@ IN_FEATURES = int(os.environ.get("BENCH_IN", "16"))
 HIDDEN = int(os.environ.get("BENCH_HIDDEN", "13797"))
 TIMES = os.environ.get("BENCH_TIMES")
 
+if os.environ.get("BENCH_SERVER_TRACE"):  # timeline.py: time the server's steps of each round
+    import server_trace  # noqa: F401
+
 run_name = "bench-zero-train"
 
 

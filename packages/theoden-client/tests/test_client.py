@@ -60,17 +60,20 @@ def make_client(fake: FakeTransport, tmp_path: Path, **kwargs: object) -> Client
     return Client(fake, **options)  # type: ignore[arg-type]
 
 
-def test_loop_reports_started_then_finished_and_exits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("started_after", [0.0, 0.5])
+def test_loop_reports_started_then_finished_and_exits(tmp_path: Path, started_after: float) -> None:
     hi, exit_ = Hello(greeting="hello"), Exit(reason="run over")
     fake = FakeTransport([hi, None, exit_])
-    client = make_client(fake, tmp_path)
+    client = make_client(fake, tmp_path, report_started_after=started_after)
 
     reason = client.run(handle_signals=False)
 
+    # Assert: quick commands are reported STARTED only when asked to at once
+    expected = ["started", "finished"] if started_after == 0 else ["finished"]
     assert reason == "run over"
-    assert fake.statuses_of(hi.uuid) == ["started", "finished"]
+    assert fake.statuses_of(hi.uuid) == expected
     assert fake.final(hi.uuid).response.details == {"echo": "hello"}  # type: ignore[union-attr]
-    assert fake.statuses_of(exit_.uuid) == ["started", "finished"]
+    assert fake.statuses_of(exit_.uuid) == expected
     assert all(s.client_name == "site-a" for s in fake.statuses)
     assert fake.logins == fake.registrations == 1
     assert fake.requests[0].protocol_version == "1.0"  # type: ignore[attr-defined]
@@ -92,20 +95,37 @@ class SlowStartedTransport(FakeTransport):
 
 @pytest.mark.parametrize("fails", [False, True])
 def test_started_goes_out_beside_the_work_and_never_after_the_final_status(tmp_path: Path, fails: bool) -> None:
-    # Prepare: a command that takes 0.3 s, or fails at once
+    # Prepare: a command that takes 0.3 s, or fails at once; STARTED is due after 0.05 s
     work = Hello(greeting="x", sleep=0.3) if not fails else Train(steps=1)  # Train without a model fails
     fake = SlowStartedTransport([work, Exit()])
-    client = make_client(fake, tmp_path)
+    client = make_client(fake, tmp_path, report_started_after=0.05)
 
     # Execute
     began = time.monotonic()
     update = client.handle(work)
     took = time.monotonic() - began
 
-    # Assert: both 0.3 s waits overlapped, and STARTED arrived first
+    # Assert: the long command's STARTED (0.3 s to deliver) overlapped its work and arrived first;
+    # the command that failed at once was reported FAILED only
     assert update.status is (CommandStatus.FAILED if fails else CommandStatus.FINISHED)
-    assert [status for status, _ in fake.arrivals] == ["started", update.status.value]
-    assert took < 0.55 if not fails else took >= 0.3
+    if fails:
+        assert [status for status, _ in fake.arrivals] == ["failed"]
+        assert took < 0.25
+    else:
+        assert [status for status, _ in fake.arrivals] == ["started", "finished"]
+        assert 0.35 <= took < 0.6
+
+
+def test_started_that_is_being_sent_when_the_command_ends_still_comes_first(tmp_path: Path) -> None:
+    # Prepare: STARTED falls due after 0.1 s and takes 0.3 s to deliver; the command ends at 0.15 s
+    work = Hello(greeting="x", sleep=0.15)
+    fake = SlowStartedTransport([work, Exit()])
+    client = make_client(fake, tmp_path, report_started_after=0.1)
+
+    update = client.handle(work)
+
+    assert update.status is CommandStatus.FINISHED
+    assert [status for status, _ in fake.arrivals] == ["started", "finished"]
 
 
 def test_a_failing_command_is_failed_and_the_client_keeps_running(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+import safetensors.torch
 import torch
 from theoden_client.errors import (
     BlobIntegrityError,
@@ -151,12 +154,10 @@ def test_missing_resources_fail_with_the_key_and_what_is_held(ctx: ExecutionCont
 def test_send_model_uploads_safetensors_and_load_weights_restores_them(
     ready: ExecutionContext, fake: FakeTransport, through: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Prepare: small weights travel through memory; with the limit at 0 they go through scratch files
-    import theoden_client.executors.actions as actions
+    # Prepare: small downloads travel through memory; with the limit at 0 they go through scratch files
     import theoden_client.executors.resource_commands as resource_commands
 
     if through == "file":
-        monkeypatch.setattr(actions, "IN_MEMORY_BYTES", 0)
         monkeypatch.setattr(resource_commands, "IN_MEMORY_BYTES", 0)
     ready.run(Train(steps=5))
     sent = ready.run(SendModel())
@@ -164,6 +165,10 @@ def test_send_model_uploads_safetensors_and_load_weights_restores_them(
     assert sent.num_samples == 180
     assert fake.blobs[ref.id][:8] != b"\x80\x04\x95"  # not a pickle
     trained = {k: v.clone() for k, v in ready.resources.get("model", nn.Module).state_dict().items()}
+    # the upload (built from views of the tensors) is a safetensors file the reference library reads
+    assert hashlib.sha256(fake.blobs[ref.id]).hexdigest() == ref.sha256 == ref.id
+    by_library = safetensors.torch.load(fake.blobs[ref.id])
+    assert by_library.keys() == trained.keys() and all(torch.equal(by_library[k], trained[k]) for k in trained)
 
     ready.run(
         InitModel(model=ModelSpec(name="mlp", kwargs={"in_features": FEATURES, "hidden": [16], "num_classes": CLASSES}))

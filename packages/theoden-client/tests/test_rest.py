@@ -546,8 +546,47 @@ def test_in_memory_blob_round_trip_is_verified(server: FakeServer, transport: Re
     server.corrupt_downloads = True
     with pytest.raises(BlobIntegrityError, match="failed verification"):
         transport.download_bytes(ref)
-    with pytest.raises(BlobIntegrityError, match="larger than its announced 10 bytes"):
+    # a length that differs from the reference is refused from the answer's head, before any byte is read
+    with pytest.raises(BlobIntegrityError, match="as 2560000 bytes, but the reference says 10"):
         transport.download_bytes(BlobRef(id=sha, sha256=sha, size=10))
+
+
+def test_upload_from_pieces_of_memory_sends_them_as_one_body(server: FakeServer, transport: RestTransport) -> None:
+    # Prepare: a small header, large pieces and a run of small ones (joined before sending)
+    pieces = [b"head", bytes(range(256)) * 2000, b"a" * 10, b"b" * 20, memoryview(b"c" * 300_000)]
+    joined = b"".join(pieces)
+    sha = hashlib.sha256(joined).hexdigest()
+
+    ref = transport.upload_parts(pieces, sha256=sha, size=len(joined))
+
+    assert server.blobs[sha] == joined
+    assert server.seen[-1].headers["content-length"] == str(len(joined))
+    assert ref == BlobRef(id=sha, sha256=sha, size=len(joined))
+
+
+def test_download_buffer_is_verified_and_reused(server: FakeServer, transport: RestTransport) -> None:
+    first, second = bytes(range(256)) * 4000, bytes(reversed(range(256))) * 3000
+    refs = []
+    for data in (first, second):
+        sha = hashlib.sha256(data).hexdigest()
+        server.blobs[sha] = data
+        refs.append(BlobRef(id=sha, sha256=sha, size=len(data)))
+
+    with transport.download_buffer(refs[0]) as view:
+        assert view.readonly and bytes(view) == first
+        address = view.obj
+    with transport.download_buffer(refs[1]) as view:  # smaller: the same memory holds it
+        assert bytes(view) == second and view.obj is address
+
+    server.corrupt_downloads = True
+    with pytest.raises(BlobIntegrityError, match="failed verification"), transport.download_buffer(refs[0]):
+        pass
+    short = BlobRef(id=refs[0].id, sha256=refs[0].sha256, size=10)
+    with (
+        pytest.raises(BlobIntegrityError, match="as 1024000 bytes, but the reference says 10"),
+        transport.download_buffer(short),
+    ):
+        pass
 
 
 def test_a_corrupted_download_is_refused_and_removed(
@@ -569,7 +608,7 @@ def test_a_download_longer_than_announced_is_refused(
     payload = b"x" * 100
     sha = hashlib.sha256(payload).hexdigest()
     server.blobs[sha] = payload
-    with pytest.raises(BlobIntegrityError, match="larger than its announced 10 bytes"):
+    with pytest.raises(BlobIntegrityError, match="as 100 bytes, but the reference says 10"):
         transport.download_blob(BlobRef(id=sha, sha256=sha, size=10), tmp_path / "d")
     assert not (tmp_path / "d").exists()
 
@@ -602,7 +641,9 @@ def test_a_client_runs_a_round_over_rest(server: FakeServer, transport: RestTran
 
     round_ = Sequential(commands=[Train(steps=2), Validate(split="val"), SendModel()])
     server.commands = [setup_commands(), round_, Exit(reason="done")]
-    client = Client(transport, data_root=tmp_path, executors=default_executors(), progress="off")
+    client = Client(
+        transport, data_root=tmp_path, executors=default_executors(), progress="off", report_started_after=0
+    )
     with client:
         assert client.run(handle_signals=False) == "done"
 

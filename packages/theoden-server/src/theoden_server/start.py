@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -289,9 +290,14 @@ def start_server(
         # previous handler; a quiet handler turns a requested stop into a normal exit (code 0).
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _note_stop_signal)
+    # Everything alive now (the libraries, the plan, the app) lives as long as the server: moving it out of
+    # the cyclic collector's reach turns its full collections from ~150 ms pauses into short ones.
+    gc.collect()  # what is garbage already is freed, not frozen
+    gc.freeze()
     try:
         web.run(sockets=[sock])
     finally:
+        gc.unfreeze()
         if amqp is not None:
             with contextlib.suppress(Exception):
                 amqp.stop()

@@ -10,17 +10,15 @@ registry (mirroring the client's names) to build an initial global model from a 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import mmap
 import os
-import struct
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, BinaryIO, Final, NamedTuple
+from typing import BinaryIO, Final, NamedTuple
 
 import torch
-from theoden_protocol import BlobRef, ModelSpec
+from theoden_protocol import BlobRef, ModelSpec, safetensors
 from torch import nn
 
 from theoden_server.errors import InvalidRequest
@@ -45,9 +43,6 @@ __all__ = [
     "save_tensors",
     "state_dict_of",
 ]
-
-#: Largest safetensors header accepted (the format's own limit is 100 MB).
-MAX_HEADER_BYTES: Final = 100_000_000
 
 _DTYPES: Final[dict[str, torch.dtype]] = {
     "F64": torch.float64,
@@ -85,10 +80,6 @@ class Layout(dict[str, TensorInfo]):
     data_start: int = 0
 
 
-def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-
-
 def read_layout(path: str | os.PathLike[str]) -> Layout:
     """Parse and check the header of the safetensors file at ``path``.
 
@@ -96,46 +87,15 @@ def read_layout(path: str | os.PathLike[str]) -> Layout:
         WeightsError: the file is not a well-formed safetensors file (bad header, unknown dtype,
             byte ranges that do not tile the data section exactly).
     """
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise WeightsError(f"weights of {size} bytes are too short to be a safetensors file")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(MAX_HEADER_BYTES, size - 8):
-            raise WeightsError(f"safetensors header length {header_len} is impossible for a file of {size} bytes")
+        size = os.fstat(f.fileno()).st_size
         try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WeightsError(f"safetensors header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise WeightsError("safetensors header is not a JSON object")
-    layout = Layout()
-    layout.data_start = 8 + header_len
-    ranges: list[tuple[int, int, str]] = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            known = ", ".join(_DTYPES)
-            raise WeightsError(
-                f"tensor {name!r}: malformed header entry {str(entry)[:200]} (supported dtypes: {known})"
-            ) from None
-        if any(d < 0 for d in shape) or end - begin != _nbytes(dtype, shape):
-            raise WeightsError(f"tensor {name!r}: byte range [{begin}, {end}) does not match shape {list(shape)}")
-        layout[name] = TensorInfo(dtype, shape, begin, end)
-        ranges.append((begin, end, name))
-    position = 0
-    for begin, end, name in sorted(ranges):
-        if begin != position:
-            raise WeightsError(f"tensor {name!r}: data section has a gap or overlap at byte {position}")
-        position = end
-    if position != size - layout.data_start:
-        raise WeightsError(f"data section is {size - layout.data_start} bytes but the header describes {position}")
+            header_len = safetensors.header_length(f.read(8), size)
+            header = safetensors.parse_header(f.read(header_len), size)
+        except safetensors.SafetensorsError as exc:
+            raise WeightsError(exc.detail) from None
+    layout = Layout((name, TensorInfo(_DTYPES[e.dtype], e.shape, e.begin, e.end)) for name, e in header.tensors.items())
+    layout.data_start = header.data_start
     return layout
 
 
@@ -270,21 +230,12 @@ def layout_of(tensors: Mapping[str, torch.Tensor]) -> Layout:
 
 
 def _header(layout: Mapping[str, TensorInfo], metadata: Mapping[str, str] | None) -> tuple[bytes, list[str]]:
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    offset = 0
     names = list(layout)
     for name in names:
-        info = layout[name]
-        if info.dtype not in _NAMES:
-            raise WeightsError(f"tensor {name!r}: dtype {info.dtype} cannot be stored")
-        size = _nbytes(info.dtype, info.shape)
-        header[name] = {"dtype": _NAMES[info.dtype], "shape": list(info.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors itself writes it
-    return struct.pack("<Q", len(raw)) + raw, names
+        if layout[name].dtype not in _NAMES:
+            raise WeightsError(f"tensor {name!r}: dtype {layout[name].dtype} cannot be stored")
+    entries = ((name, _NAMES[layout[name].dtype], layout[name].shape) for name in names)
+    return safetensors.build_header(entries, metadata), names
 
 
 def save_tensors(

@@ -26,14 +26,7 @@ from theoden_client.losses import METRICS, LossSet, MetricSet
 from theoden_client.optim import ScheduledLR
 from theoden_client.resources import split_key
 from theoden_client.trainer import DataloaderSettings, evaluate, make_loader, train
-from theoden_client.weights import (
-    IN_MEMORY_BYTES,
-    file_sha256,
-    model_nbytes,
-    save_weights,
-    scratch_file,
-    weights_bytes,
-)
+from theoden_client.weights import weights_payload
 
 __all__ = [
     "DATASET_KEY",
@@ -152,18 +145,11 @@ def validate_command(command: Validate, ctx: ExecutionContext) -> ExecutionRespo
 
 @builtin(SendModel)
 def send_model(command: SendModel, ctx: ExecutionContext) -> ExecutionResponse:
-    """Save the weights as safetensors, upload them, and report the blob and the sample count."""
+    """Upload the weights as safetensors (from the tensors' memory) and report the blob and the sample count."""
     model = ctx.resources.get(command.model_key, nn.Module)
     num_samples = len(resolve_split(ctx, command.sample_split))  # type: ignore[arg-type]
-    transport = ctx.require_transport()
-    if model_nbytes(model) <= IN_MEMORY_BYTES:
-        data, sha256 = weights_bytes(model)
-        ref = transport.upload_bytes(data, sha256=sha256)
-    else:  # a big model goes through a file: it is never in memory twice
-        with scratch_file(ctx.workdir, prefix="upload-") as path:
-            save_weights(model, path)
-            sha256, size = file_sha256(path)
-            ref = transport.upload_blob(path, sha256=sha256, size=size)
+    payload = weights_payload(model)  # views of the tensors: nothing is copied, whatever the size
+    ref = ctx.require_transport().upload_parts(payload.parts, sha256=payload.sha256, size=payload.size)
     return ExecutionResponse(blobs={command.name: ref}, num_samples=num_samples)
 
 

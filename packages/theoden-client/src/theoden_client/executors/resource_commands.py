@@ -156,7 +156,8 @@ def load_weights_command(command: LoadWeights, ctx: ExecutionContext) -> Executi
     model = ctx.resources.get(command.model_key, nn.Module)
     transport = ctx.require_transport()
     if command.blob.size <= IN_MEMORY_BYTES:
-        load_weights(model, transport.download_bytes(command.blob), strict=command.strict)
+        with transport.download_buffer(command.blob) as data:
+            load_weights(model, data, strict=command.strict)  # copies into the model's own tensors
     else:
         with scratch_file(ctx.workdir, prefix="download-") as path:
             transport.download_blob(command.blob, path)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
+import socket
 import ssl
 import threading
 import urllib.request
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from os import PathLike
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
-from theoden_client.errors import ServerUnavailable
+from theoden_client.errors import BlobIntegrityError, ServerUnavailable
 from theoden_client.weights import CHUNK_BYTES
 
 __all__ = ["Body", "Connections", "Exchange", "Proxy", "proxy_for"]
@@ -39,8 +40,9 @@ _STALE = (
 )
 _WRITE_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
-#: A request body: bytes, or a factory opening a file (called again for each attempt).
-Body = bytes | Callable[[], BinaryIO] | None
+#: A request body: bytes, pieces of memory sent one after another, or a factory opening a file (called
+#: again for each attempt).
+Body = bytes | list[bytes | memoryview] | Callable[[], BinaryIO] | None
 
 
 class Proxy(NamedTuple):
@@ -175,7 +177,9 @@ class Connections:
         conn, reused = self._take()
         while True:
             # the file is opened outside the network errors below: a missing file is not the server's fault
-            payload: AbstractContextManager[bytes | BinaryIO | None] = body() if callable(body) else nullcontext(body)
+            payload: AbstractContextManager[bytes | list[bytes | memoryview] | BinaryIO | None] = (
+                body() if callable(body) else nullcontext(body)
+            )
             with payload as content:
                 try:
                     response, intact = self._exchange(conn, method, target, content, headers, read_timeout)
@@ -195,13 +199,16 @@ class Connections:
         conn: http.client.HTTPConnection,
         method: str,
         target: str,
-        content: bytes | BinaryIO | None,
+        content: bytes | list[bytes | memoryview] | BinaryIO | None,
         headers: dict[str, str],
         read_timeout: float,
     ) -> tuple[http.client.HTTPResponse, bool]:
         """Send one request over ``conn`` and read the answer's head; ``False``: do not reuse ``conn``."""
         if conn.sock is None:
             conn.connect()  # within the connect timeout the connection was made with
+            # a request goes out as head and body writes: Nagle's algorithm would hold the second
+            # until the server's delayed acknowledgement of the first
+            cast(socket.socket, conn.sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sock.settimeout(read_timeout)
         conn.putrequest(method, target)  # with Accept-Encoding: identity, so that bodies come as they are
         for name, value in headers.items():
@@ -226,6 +233,27 @@ class Connections:
             raise self.unavailable(exchange.method, exchange.route, exc, exchange.read_timeout) from exc
         self.release(exchange)
         return body
+
+    def read_into(self, exchange: Exchange, view: memoryview) -> None:
+        """Read the rest of an answer, which must be exactly ``len(view)`` bytes, into ``view``.
+
+        Raises:
+            ServerUnavailable: The answer broke off.
+            BlobIntegrityError: The answer is longer than ``view``.
+        """
+        response, filled, total = exchange.response, 0, view.nbytes
+        try:
+            while filled < total:
+                got = response.readinto(view[filled:])
+                if not got:
+                    raise http.client.IncompleteRead(b"", total - filled)
+                filled += got
+            if response.length or (response.length is None and response.read(1)):
+                raise BlobIntegrityError(
+                    f"the answer to {exchange.method} {exchange.route} is longer than {total} bytes"
+                )
+        except (OSError, http.client.HTTPException) as exc:
+            raise self.unavailable(exchange.method, exchange.route, exc, exchange.read_timeout) from exc
 
     def read_piece(self, exchange: Exchange, size: int) -> bytes:
         """Read up to ``size`` more bytes of an answer as they arrive; ``b""`` at its end.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -70,15 +72,24 @@ class Transport(ABC):
         """Stream blob ``ref`` into ``destination``, verifying its size and digest (see `BlobSink`)."""
 
     def upload_bytes(self, data: bytes, *, sha256: str, media_type: str = SAFETENSORS_MEDIA_TYPE) -> BlobRef:
-        """Upload a blob held in memory (``sha256`` is its digest).
+        """Upload a blob held in memory (``sha256`` is its digest); see `upload_parts`."""
+        return self.upload_parts([memoryview(data)], sha256=sha256, size=len(data), media_type=media_type)
 
-        This default goes through a temporary file and `upload_blob`; transports that can send bytes
-        directly override it.
+    def upload_parts(
+        self, parts: Sequence[bytes | memoryview], *, sha256: str, size: int, media_type: str = SAFETENSORS_MEDIA_TYPE
+    ) -> BlobRef:
+        """Upload a blob given as consecutive pieces of memory (e.g. a header and views of tensors).
+
+        ``sha256`` and ``size`` describe the pieces joined; they must not change during the call. This
+        default goes through a temporary file and `upload_blob`; transports that can send from memory
+        override it.
         """
         with tempfile.TemporaryDirectory(prefix="theoden-upload-") as tmp:
             path = Path(tmp) / "blob"
-            path.write_bytes(data)
-            return self.upload_blob(path, sha256=sha256, size=len(data), media_type=media_type)
+            with path.open("wb") as fh:
+                for part in parts:
+                    fh.write(part)
+            return self.upload_blob(path, sha256=sha256, size=size, media_type=media_type)
 
     def download_bytes(self, ref: BlobRef) -> bytes:
         """Fetch blob ``ref`` into memory, verified like `download_blob`.
@@ -90,6 +101,15 @@ class Transport(ABC):
             path = Path(tmp) / "blob"
             self.download_blob(ref, path)
             return path.read_bytes()
+
+    @contextmanager
+    def download_buffer(self, ref: BlobRef) -> Iterator[memoryview]:
+        """Fetch blob ``ref`` into memory, verified, as a read-only view that is valid inside the block.
+
+        A transport may reuse the memory for its next download, so nothing that looks at the view
+        (e.g. a tensor made from it) may be kept past the block. This default wraps `download_bytes`.
+        """
+        yield memoryview(self.download_bytes(ref))
 
     @abstractmethod
     def close(self) -> None:

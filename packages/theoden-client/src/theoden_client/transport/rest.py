@@ -9,10 +9,12 @@ per request.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -45,13 +47,17 @@ from theoden_client.transport._http import Body, Connections, Exchange
 from theoden_client.transport.base import BlobCollector, BlobSink, Transport, salvage_command
 from theoden_client.weights import CHUNK_BYTES
 
-__all__ = ["API_PREFIX", "RestTransport"]
+__all__ = ["API_PREFIX", "KEEP_BUFFER_BYTES", "RestTransport"]
 
 #: Every route of the server lives under this prefix.
 API_PREFIX = "/api/v1"
 logger = logging.getLogger("theoden_client.transport.rest")
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
+#: Upload pieces smaller than this are joined before sending.
+_SMALL_PART_BYTES = 256 * 1024
+#: A download buffer up to this size is kept for the next download.
+KEEP_BUFFER_BYTES = 16 * 1024 * 1024
 
 
 class _Token(msgspec.Struct):
@@ -77,6 +83,35 @@ def _error_from(status: int, body: bytes) -> Exception:
     if status == 401:
         return AuthenticationError(status, code, detail)
     return ServerRejected(status, code, detail)
+
+
+def _check_announced(exchange: Exchange, ref: BlobRef) -> None:
+    """Refuse a download whose announced digest or length differs from its reference before reading it."""
+    announced = exchange.response.getheader("X-Content-SHA256")
+    if announced is not None and announced.lower() != ref.sha256:
+        raise BlobIntegrityError(
+            f"server sent blob {ref.id} with sha256 {announced}, but the reference says {ref.sha256}"
+        )
+    length = exchange.response.length
+    if length is not None and length != ref.size:
+        raise BlobIntegrityError(f"server sent blob {ref.id} as {length} bytes, but the reference says {ref.size}")
+
+
+def _coalesced(parts: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+    """Join runs of small pieces (each send is a system call); large pieces stay where they are."""
+    out: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    for part in parts:
+        if memoryview(part).nbytes < _SMALL_PART_BYTES:
+            small.append(part)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(part)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
 class RestTransport(Transport):
@@ -134,6 +169,8 @@ class RestTransport(Transport):
         self._token: str | None = None
         self._token_deadline = 0.0
         self._lock = threading.Lock()
+        self._buffer = bytearray()
+        self._buffer_lock = threading.Lock()
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -266,13 +303,15 @@ class RestTransport(Transport):
             )
         return ref
 
-    def upload_bytes(self, data: bytes, *, sha256: str, media_type: str = SAFETENSORS_MEDIA_TYPE) -> BlobRef:
-        """PUT ``data`` to ``/storage/{sha256}`` in one body.
+    def upload_parts(
+        self, parts: Sequence[bytes | memoryview], *, sha256: str, size: int, media_type: str = SAFETENSORS_MEDIA_TYPE
+    ) -> BlobRef:
+        """PUT consecutive pieces of memory to ``/storage/{sha256}`` as one body, sent from where they lie.
 
         Raises:
             BlobIntegrityError: The server's reference does not match the digest and size sent.
         """
-        return self._put_blob(data, sha256=sha256, size=len(data), media_type=media_type)
+        return self._put_blob(_coalesced(parts), sha256=sha256, size=size, media_type=media_type)
 
     def download_blob(self, ref: BlobRef, destination: Path) -> None:
         """GET ``/storage/{ref.id}`` into ``destination``, streamed and verified.
@@ -294,15 +333,44 @@ class RestTransport(Transport):
         self._get_blob(ref, lambda: collector)
         return collector.result
 
+    @contextmanager
+    def download_buffer(self, ref: BlobRef) -> Iterator[memoryview]:
+        """GET ``/storage/{ref.id}`` straight into a buffer kept for the next download, verified.
+
+        Reusing the memory spares a fresh allocation per round (its page faults cost about as much as
+        the transfer of a small model); buffers larger than `KEEP_BUFFER_BYTES` are not kept.
+        """
+        if not self._buffer_lock.acquire(blocking=False):  # another thread holds the kept buffer
+            yield memoryview(self.download_bytes(ref))
+            return
+        try:
+            buffer = self._buffer if len(self._buffer) >= ref.size else bytearray(ref.size)
+            view = memoryview(buffer)[: ref.size]
+            exchange = self._authed("GET", f"/storage/{ref.id}", headers={})
+            try:
+                _check_announced(exchange, ref)
+                self._http.read_into(exchange, view)
+            except BaseException:
+                exchange.conn.close()
+                raise
+            self._http.release(exchange)
+            digest = hashlib.sha256(view).hexdigest()
+            if digest != ref.sha256:
+                raise BlobIntegrityError(
+                    f"blob {ref.id} failed verification: got {ref.size} bytes with sha256 {digest}, "
+                    f"expected sha256 {ref.sha256}"
+                )
+            if ref.size <= KEEP_BUFFER_BYTES:
+                self._buffer = buffer
+            yield view.toreadonly()
+        finally:
+            self._buffer_lock.release()
+
     def _get_blob(self, ref: BlobRef, open_sink: Callable[[], BlobSink | BlobCollector]) -> None:
         exchange = self._authed("GET", f"/storage/{ref.id}", headers={})
         sink: BlobSink | BlobCollector | None = None
         try:
-            announced = exchange.response.getheader("X-Content-SHA256")
-            if announced is not None and announced.lower() != ref.sha256:
-                raise BlobIntegrityError(
-                    f"server sent blob {ref.id} with sha256 {announced}, but the reference says {ref.sha256}"
-                )
+            _check_announced(exchange, ref)
             sink = open_sink()
             while chunk := self._http.read_piece(exchange, CHUNK_BYTES):
                 sink.write(chunk)
