@@ -79,7 +79,7 @@ def main() -> None:
 
     common.RssSampler.start = start  # type: ignore[method-assign]
     threads = None if args.server_threads == "default" else int(args.server_threads)
-    rounds = (400 if args.clients <= 5 else 80) if args.mb == 1 else 12
+    rounds = (1200 if args.clients <= 5 else 150) if args.mb == 1 else 12
     run = common.run_zero_train(
         "cpu",
         clients=args.clients,

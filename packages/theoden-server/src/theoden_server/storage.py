@@ -183,6 +183,9 @@ class BlobStore:
         self._lock = threading.Lock()
         self._meta_encoder = msgspec.json.Encoder()
         self._meta_decoder = msgspec.json.Decoder(_BlobMeta)
+        # What is known of each blob (its metadata and size), so that access checks and references on
+        # the request path need no file system call; written through to disk, read from it once per blob.
+        self._known: dict[str, tuple[_BlobMeta, int]] = {}
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -222,35 +225,37 @@ class BlobStore:
             return writer.commit()
 
     def _adopt(self, tmp: Path, digest: str, size: int, media_type: str, owner: str | None) -> BlobRef:
-        target = self._blob_path(digest)
-        with self._lock:
-            meta = self._read_meta(digest) if target.exists() else _BlobMeta(media_type=media_type, created=time.time())
-            if not target.exists():
+        with self._lock:  # looked up under the lock: two uploads of the same bytes must not both create it
+            known = self._known.get(digest) or self._from_disk(digest)
+            if known is None:
+                meta = _BlobMeta(media_type=media_type, created=time.time())
+                target = self._blob_path(digest)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
-            if owner is not None and owner not in meta.owners:
-                meta.owners.append(owner)
-            self._write_meta(digest, meta)
+            else:  # the same bytes again (e.g. another client's identical weights): stored once
+                meta = known[0]
+            if known is None or (owner is not None and owner not in meta.owners):
+                if owner is not None and owner not in meta.owners:
+                    meta.owners.append(owner)
+                self._write_meta(digest, meta)
+            self._known[digest] = (meta, size)
         return BlobRef(id=digest, sha256=digest, size=size, media_type=meta.media_type)
 
     # -- reading ------------------------------------------------------------------------------
 
     def exists(self, blob_id: str) -> bool:
         """Whether a blob with this id is stored (invalid ids are simply absent)."""
-        return bool(_ID_PATTERN.match(blob_id)) and self._blob_path(blob_id).is_file()
+        return bool(_ID_PATTERN.match(blob_id)) and self._lookup(blob_id) is not None
 
     def path(self, blob_id: str) -> Path:
         """Return the file of a stored blob (read-only use), or raise `NotFound`."""
-        path = self._blob_path(validate_blob_id(blob_id))
-        if not path.is_file():
-            raise NotFound(f"no blob {blob_id} in this run's store")
-        return path
+        self._known_or_404(blob_id)
+        return self._blob_path(blob_id)
 
     def ref(self, blob_id: str) -> BlobRef:
-        """Return the reference of a stored blob."""
-        path = self.path(blob_id)
-        meta = self._read_meta(blob_id)
-        return BlobRef(id=blob_id, sha256=blob_id, size=path.stat().st_size, media_type=meta.media_type)
+        """Return the reference of a stored blob, or raise `NotFound`."""
+        meta, size = self._known_or_404(blob_id)
+        return BlobRef(id=blob_id, sha256=blob_id, size=size, media_type=meta.media_type)
 
     def open(self, blob_id: str) -> BinaryIO:
         """Open a stored blob for reading."""
@@ -277,6 +282,7 @@ class BlobStore:
     def delete(self, blob_id: str) -> None:
         """Remove a blob and its metadata (missing blobs are ignored)."""
         with self._lock:
+            self._known.pop(blob_id, None)
             self._blob_path(validate_blob_id(blob_id)).unlink(missing_ok=True)
             self._meta_path(blob_id).unlink(missing_ok=True)
 
@@ -291,25 +297,25 @@ class BlobStore:
 
     def publish(self, blob_id: str) -> None:
         """Make a blob readable by every client of the run (e.g. the current global model)."""
-        self.path(blob_id)
+        meta, _ = self._known_or_404(blob_id)
         with self._lock:
-            meta = self._read_meta(blob_id)
-            meta.public = True
-            self._write_meta(blob_id, meta)
+            if not meta.public:
+                meta.public = True
+                self._write_meta(blob_id, meta)
 
     def is_public(self, blob_id: str) -> bool:
         """Whether every client may read the blob."""
-        return self._read_meta(validate_blob_id(blob_id)).public
+        return self._meta(blob_id).public
 
     def owners(self, blob_id: str) -> list[str]:
         """Return the clients that uploaded this blob."""
-        return list(self._read_meta(validate_blob_id(blob_id)).owners)
+        return list(self._meta(blob_id).owners)
 
     def can_read(self, blob_id: str, principal: str, *, is_admin: bool = False) -> bool:
         """Whether ``principal`` may read the blob: admins and the server always, clients if public or theirs."""
         if is_admin:
             return True
-        meta = self._read_meta(validate_blob_id(blob_id))
+        meta = self._meta(blob_id)
         return meta.public or principal in meta.owners
 
     # -- internals ----------------------------------------------------------------------------
@@ -319,6 +325,35 @@ class BlobStore:
 
     def _meta_path(self, blob_id: str) -> Path:
         return self.root / "blobs" / blob_id[:2] / f"{blob_id}.meta.json"
+
+    def _lookup(self, blob_id: str) -> tuple[_BlobMeta, int] | None:
+        """Metadata and size of a stored blob (from memory; from disk the first time), ``None`` if absent."""
+        known = self._known.get(blob_id)
+        if known is not None:
+            return known
+        with self._lock:
+            known = self._known.get(blob_id) or self._from_disk(blob_id)
+            if known is not None:
+                self._known[blob_id] = known
+            return known
+
+    def _from_disk(self, blob_id: str) -> tuple[_BlobMeta, int] | None:
+        try:
+            size = self._blob_path(blob_id).stat().st_size
+        except FileNotFoundError:
+            return None
+        return self._read_meta(blob_id), size
+
+    def _known_or_404(self, blob_id: str) -> tuple[_BlobMeta, int]:
+        known = self._lookup(validate_blob_id(blob_id))
+        if known is None:
+            raise NotFound(f"no blob {blob_id} in this run's store")
+        return known
+
+    def _meta(self, blob_id: str) -> _BlobMeta:
+        """A blob's metadata; an absent blob has none (not public, no owners)."""
+        known = self._lookup(validate_blob_id(blob_id))
+        return _BlobMeta() if known is None else known[0]
 
     def _read_meta(self, blob_id: str) -> _BlobMeta:
         try:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 from theoden_protocol import ModelSpec
-from theoden_server.errors import InvalidRequest
+from theoden_server.errors import InvalidRequest, NotFound
 from theoden_server.storage import BlobStore
 from theoden_server.weights import (
     SLICE_BYTES,
@@ -209,3 +209,36 @@ def test_batched_writes_survive_partial_system_calls(tmp_path: Path, monkeypatch
     assert store.read_bytes(ref.id) == b"".join(chunks)
     assert ref.id == hashlib.sha256(b"".join(chunks)).hexdigest()
     assert max(calls) <= 1024
+
+
+def test_store_knows_its_blobs_from_memory_and_a_new_store_reads_them_from_disk(tmp_path: Path) -> None:
+    # Prepare: one blob uploaded by two clients, one by a single client, then published
+    import threading
+
+    store = BlobStore(tmp_path / "store")
+    shared, own = b"same weights" * 1000, b"alice only" * 1000
+    barrier = threading.Barrier(2)
+
+    def upload(owner: str) -> None:
+        barrier.wait(5)
+        store.put_bytes(shared, owner=owner)
+
+    threads = [threading.Thread(target=upload, args=(name,)) for name in ("alice", "bob")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    mine = store.put_bytes(own, owner="alice")
+    store.publish(mine.id)
+    shared_id = hashlib.sha256(shared).hexdigest()
+
+    # Assert: concurrent identical uploads keep both owners; a fresh store on the same folder agrees
+    for view in (store, BlobStore(tmp_path / "store")):
+        assert sorted(view.owners(shared_id)) == ["alice", "bob"]
+        assert view.ref(shared_id).size == len(shared)
+        assert view.can_read(mine.id, "carol") and not view.can_read(shared_id, "carol")
+        assert view.is_public(mine.id) and view.exists(mine.id)
+    store.delete(shared_id)
+    assert not store.exists(shared_id) and not BlobStore(tmp_path / "store").exists(shared_id)
+    with pytest.raises(NotFound, match="no blob"):
+        store.ref(shared_id)
