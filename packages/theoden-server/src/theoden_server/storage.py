@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +25,14 @@ from theoden_protocol import SAFETENSORS_MEDIA_TYPE, BlobRef
 
 from theoden_server.errors import BadRequest, BlobIntegrityError, InvalidRequest, NotFound, PayloadTooLarge
 
-__all__ = ["DEFAULT_MAX_BLOB_BYTES", "BlobStore", "BlobWriter", "validate_blob_id"]
+__all__ = [
+    "CACHE_BLOB_BYTES",
+    "CACHE_TOTAL_BYTES",
+    "DEFAULT_MAX_BLOB_BYTES",
+    "BlobStore",
+    "BlobWriter",
+    "validate_blob_id",
+]
 
 #: Largest blob accepted unless the server is configured otherwise (4 GiB).
 DEFAULT_MAX_BLOB_BYTES: Final = 4 * 1024**3
@@ -34,6 +42,10 @@ _COPY_CHUNK: Final = 1024 * 1024
 _PARALLEL_HASH_BYTES: Final = 4 * 1024 * 1024
 #: Buffers per writev call (the POSIX minimum of IOV_MAX).
 _IOV_MAX: Final = 1024
+#: Blobs up to this size stay in memory once read (`read_cached`): every client reads the global model.
+CACHE_BLOB_BYTES: Final = 4 * 1024 * 1024
+#: Memory the kept blobs may take together (least recently read ones go first).
+CACHE_TOTAL_BYTES: Final = 64 * 1024 * 1024
 
 
 def validate_blob_id(blob_id: str) -> str:
@@ -186,6 +198,9 @@ class BlobStore:
         # What is known of each blob (its metadata and size), so that access checks and references on
         # the request path need no file system call; written through to disk, read from it once per blob.
         self._known: dict[str, tuple[_BlobMeta, int]] = {}
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -265,6 +280,28 @@ class BlobStore:
         """Return a stored blob's bytes (small blobs only; prefer `iter_chunks`)."""
         return self.path(blob_id).read_bytes()
 
+    def read_cached(self, blob_id: str) -> bytes:
+        """Return a stored blob's bytes, kept in memory for the next reader when small (`CACHE_BLOB_BYTES`).
+
+        Blobs never change (their id is their digest), so a kept copy is never stale; reading the same
+        global model once per client and round from the file cost a fresh buffer each time.
+        """
+        with self._cache_lock:
+            data = self._cache.get(blob_id)
+            if data is not None:
+                self._cache.move_to_end(blob_id)
+                return data
+        data = self.read_bytes(blob_id)
+        if len(data) <= CACHE_BLOB_BYTES:
+            with self._cache_lock:
+                if blob_id not in self._cache:
+                    self._cache[blob_id] = data
+                    self._cache_bytes += len(data)
+                while self._cache_bytes > CACHE_TOTAL_BYTES:
+                    _, dropped = self._cache.popitem(last=False)
+                    self._cache_bytes -= len(dropped)
+        return data
+
     def iter_chunks(self, blob_id: str, chunk_size: int = _COPY_CHUNK) -> Iterator[bytes]:
         """Yield a stored blob in chunks of ``chunk_size`` bytes."""
         with self.open(blob_id) as src:
@@ -281,6 +318,9 @@ class BlobStore:
 
     def delete(self, blob_id: str) -> None:
         """Remove a blob and its metadata (missing blobs are ignored)."""
+        with self._cache_lock:
+            dropped = self._cache.pop(blob_id, None)
+            self._cache_bytes -= len(dropped or b"")
         with self._lock:
             self._known.pop(blob_id, None)
             self._blob_path(validate_blob_id(blob_id)).unlink(missing_ok=True)

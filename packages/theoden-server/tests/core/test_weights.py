@@ -242,3 +242,24 @@ def test_store_knows_its_blobs_from_memory_and_a_new_store_reads_them_from_disk(
     assert not store.exists(shared_id) and not BlobStore(tmp_path / "store").exists(shared_id)
     with pytest.raises(NotFound, match="no blob"):
         store.ref(shared_id)
+
+
+def test_small_blobs_are_kept_in_memory_once_read_within_a_bounded_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from theoden_server import storage
+
+    monkeypatch.setattr(storage, "CACHE_TOTAL_BYTES", 2500)
+    store = BlobStore(tmp_path / "store")
+    refs = [store.put_bytes(bytes([i]) * 1000) for i in range(3)]
+    big = store.put_bytes(b"x" * (storage.CACHE_BLOB_BYTES + 1))
+
+    first = store.read_cached(refs[0].id)
+    assert store.read_cached(refs[0].id) is first  # the same bytes, not read again
+    store.read_cached(refs[1].id)
+    store.read_cached(refs[2].id)  # over the budget: the least recently read one goes
+    assert store.read_cached(refs[0].id) is not first and store.read_cached(refs[0].id) == bytes([0]) * 1000
+    assert store.read_cached(big.id) is not store.read_cached(big.id)  # too large to keep
+    store.delete(refs[0].id)
+    with pytest.raises(NotFound):
+        store.read_cached(refs[0].id)

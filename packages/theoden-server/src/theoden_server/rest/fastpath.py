@@ -37,7 +37,7 @@ from theoden_protocol.errors import TheodenError
 
 from theoden_server.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, status_of
 from theoden_server.security import Principal
-from theoden_server.storage import validate_blob_id
+from theoden_server.storage import CACHE_BLOB_BYTES, validate_blob_id
 
 if TYPE_CHECKING:
     from theoden_server.rest.app import RestContext
@@ -56,8 +56,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
 _STORAGE = f"{API_PREFIX}/storage/"
-#: Blobs up to this size are read on the event loop in one piece; larger ones in pieces on a worker thread.
-_INLINE_READ_BYTES = 4 * 1024 * 1024
+#: Blobs up to this size are served from memory in one piece; larger ones read in pieces on a worker thread.
+_INLINE_READ_BYTES = CACHE_BLOB_BYTES
 _READ_CHUNK_BYTES = 1024 * 1024
 #: Received upload bytes are handed to a worker thread in batches of about this size.
 _UPLOAD_FLUSH_BYTES = 4 * 1024 * 1024
@@ -267,7 +267,9 @@ class FastPath:
         """``GET /storage/{blob_id}``: a blob the caller may read; small ones in one piece."""
         try:
             path, ref = readable_blob(self.ctx, authenticate(self.ctx, _header(scope, b"authorization")), blob_id)
-            file = path.open("rb")
+            # a small blob (the global model, read by every client) comes from memory after its first read
+            small = self.ctx.store.read_cached(blob_id) if ref.size <= _INLINE_READ_BYTES else None
+            file = path.open("rb") if small is None else None
         except Exception as exc:
             await _send_error(scope, send, exc)
             return
@@ -277,11 +279,12 @@ class FastPath:
             (b"x-content-sha256", ref.sha256.encode()),
             (b"content-disposition", f'inline; filename="{blob_id}.safetensors"'.encode()),
         ]
+        if file is None:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": small})
+            return
         with file:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            if ref.size <= _INLINE_READ_BYTES:  # from the page cache in well under a millisecond
-                await send({"type": "http.response.body", "body": file.read()})
-                return
             while chunk := await anyio.to_thread.run_sync(file.read, _READ_CHUNK_BYTES):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
