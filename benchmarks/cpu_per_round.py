@@ -1,7 +1,7 @@
 """Profile helper (not a figure): CPU per round of the server (per thread) and of each client.
 
 ``python benchmarks/cpu_per_round.py [CLIENTS] [--mb 1|100] [--server-threads 1|default]``. Runs the zero-training
-plan, and over a steady-state window reads every server thread's CPU time from /proc (names via ``py-spy dump``;
+plan, and over a steady-state window (from ``--warmup`` seconds after the first round) reads every server thread's CPU time from /proc (names via ``py-spy dump``;
 threads py-spy does not list are native, e.g. torch's OpenMP pool) and each client's CPU via psutil.
 """
 
@@ -51,17 +51,27 @@ def main() -> None:
     parser.add_argument("clients", type=int, nargs="?", default=3)
     parser.add_argument("--mb", type=int, choices=[1, 100], default=1)
     parser.add_argument("--server-threads", default="1")
-    parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=8.0)
     args = parser.parse_args()
     model = common.MODEL_1MB if args.mb == 1 else common.MODEL_100MB
     result: dict = {}
     original_start = common.RssSampler.start
+    original_new_run_dir = common.new_run_dir
+
+    def new_run_dir(name: str) -> Path:
+        result["run_dir"] = original_new_run_dir(name)
+        return result["run_dir"]
+
+    common.new_run_dir = new_run_dir  # type: ignore[assignment]
 
     def start(self: common.RssSampler) -> common.RssSampler:
         pid = self.procs["server"].pid
 
         def window() -> None:
+            times = result["run_dir"] / "times.jsonl"  # the rounds have begun once the first one completed
+            while not (times.exists() and '"round"' in times.read_text()):
+                time.sleep(0.1)
             time.sleep(args.warmup)
             before, t0 = _thread_cpu(pid), time.monotonic()
             time.sleep(args.window)
@@ -79,7 +89,7 @@ def main() -> None:
 
     common.RssSampler.start = start  # type: ignore[method-assign]
     threads = None if args.server_threads == "default" else int(args.server_threads)
-    rounds = (1200 if args.clients <= 5 else 150) if args.mb == 1 else 12
+    rounds = (1200 if args.clients <= 5 else 400) if args.mb == 1 else 12
     run = common.run_zero_train(
         "cpu",
         clients=args.clients,
