@@ -83,15 +83,23 @@ class BlobWriter:
         self._max_bytes = max_bytes if expected_size is None else min(max_bytes, expected_size)
         if expected_size is not None and expected_size > max_bytes:
             raise PayloadTooLarge(f"blob of {expected_size} bytes is larger than the limit of {max_bytes} bytes")
-        fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="upload-")
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
-        self._tmp = Path(name)
+        # the temporary file is made with the first write (off the event loop: uploads write on a worker thread)
+        self._file: BinaryIO | None = None
+        self._tmp: Path | None = None
+        self._done = False
         self._hash = hashlib.sha256()
         self.size = 0
 
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            fd, name = tempfile.mkstemp(dir=self._store.root / "tmp", prefix="upload-")
+            self._tmp = Path(name)
+            self._file = os.fdopen(fd, "wb")
+        return self._file
+
     def _admit(self, size: int) -> None:
         """Count ``size`` more bytes; past the limit, abort and raise `PayloadTooLarge`."""
-        if self._file is None:
+        if self._done:
             raise RuntimeError("upload already committed or aborted")
         self.size += size
         if self.size > self._max_bytes:
@@ -107,17 +115,17 @@ class BlobWriter:
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append ``chunk``; raises `PayloadTooLarge` (and aborts) past the size limit."""
         self._admit(len(chunk))
-        assert self._file is not None
+        file = self._open()
         if len(chunk) >= _PARALLEL_HASH_BYTES:  # hash on a second core while this one writes (both drop the GIL)
             hasher = threading.Thread(target=self._hash.update, args=(chunk,), name="theoden-hash", daemon=True)
             hasher.start()
             try:
-                self._file.write(chunk)
+                file.write(chunk)
             finally:
                 hasher.join()
         else:
             self._hash.update(chunk)
-            self._file.write(chunk)
+            file.write(chunk)
 
     def write_chunks(self, chunks: list[bytes]) -> None:
         """Append several chunks in order, in one system call where possible, without joining them first.
@@ -127,15 +135,15 @@ class BlobWriter:
         """
         for chunk in chunks:
             self._admit(len(chunk))
-        assert self._file is not None
+        file = self._open()
         for chunk in chunks:
             self._hash.update(chunk)
         if not hasattr(os, "writev"):  # pragma: no cover - Windows
             for chunk in chunks:
-                self._file.write(chunk)
+                file.write(chunk)
             return
-        self._file.flush()
-        fd = self._file.fileno()
+        file.flush()
+        fd = file.fileno()
         for start in range(0, len(chunks), _IOV_MAX):
             group: list[bytes | memoryview] = list(chunks[start : start + _IOV_MAX])
             while group:
@@ -148,10 +156,10 @@ class BlobWriter:
 
     def commit(self) -> BlobRef:
         """Verify digest and size, move the blob into place and return its reference."""
-        if self._file is None:
+        if self._done:
             raise RuntimeError("upload already committed or aborted")
-        self._file.close()
-        self._file = None
+        self._open().close()  # an empty blob is a file too
+        self._done = True
         digest = self._hash.hexdigest()
         try:
             if self._expected_size is not None and self.size != self._expected_size:
@@ -161,16 +169,19 @@ class BlobWriter:
                     f"received bytes have SHA-256 {digest}, not the announced {self._expected_sha256}; "
                     "the upload was corrupted or the id is wrong"
                 )
+            assert self._tmp is not None
             return self._store._adopt(self._tmp, digest, self.size, self._media_type, self._owner)
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self.abort()  # the file moved into place, or is dropped
 
     def abort(self) -> None:
         """Drop the partial upload."""
+        self._done = True
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> BlobWriter:
         return self
@@ -178,7 +189,7 @@ class BlobWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is not None or self._file is not None:
+        if exc_type is not None or not self._done:
             self.abort()
 
 
