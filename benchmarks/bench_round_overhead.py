@@ -40,6 +40,27 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 },
             )
         )
+    # Side by side: every client's upload different (with zero training steps they are identical, and the
+    # content-addressed store keeps one blob for all); a real run's case.
+    rounds = 8 if quick else 21
+    distinct = common.run_zero_train(
+        "round-3-distinct",
+        clients=3,
+        rounds=rounds,
+        model=common.MODEL_1MB,
+        client_extra=["--plugin", "distinct_uploads"],
+        client_env={"PYTHONPATH": str(common.BENCH)},
+    )
+    times = distinct.round_times()
+    out.append(
+        common.metric(
+            "1",
+            "3 clients x 1 MB, every upload different (as after training)",
+            common.median(times),
+            "s",
+            detail={"rounds": len(times), "run_dir": str(distinct.run_dir)},
+        )
+    )
     # Side by side: the same 3-client run with torch's default thread pool in the server (as shipped today).
     rounds = 8 if quick else 21
     stock = common.run_zero_train(

@@ -282,6 +282,7 @@ def run_zero_train(
     rss_interval: float = 0.02,
     client_extra: list[str] | None = None,
     server_threads: int | None = SERVER_TORCH_THREADS,
+    client_env: dict[str, str] | None = None,
 ) -> FlRun:
     """Run the zero-training plan with real processes; return the watcher's events."""
     run_dir = new_run_dir(name)
@@ -304,7 +305,7 @@ def run_zero_train(
         server, url = start_server(run_dir, PLANS / "zero_train.py", users, env)
         procs.append(server)
         for n in names:
-            procs.append(start_client(run_dir, url, n, client_extra))
+            procs.append(start_client(run_dir, url, n, client_extra, client_env))
         if sample_rss:
             pids = {"server": server.pid, **{n: p.pid for n, p in zip(names, procs[1:], strict=False)}}
             sampler = RssSampler(pids, rss_interval).start()
