@@ -133,3 +133,17 @@ def test_a_buffer_whose_shapes_do_not_fit_names_the_tensor() -> None:
     data, _ = weights_bytes(nn.Linear(3, 2))
     with pytest.raises(WeightsMismatchError, match=r"weight: model has \(2, 4\), weights have \(2, 3\)"):
         load_weights(nn.Linear(4, 2), data)
+
+
+def test_parts_reader_reads_pieces_of_memory_as_one_stream() -> None:
+    from theoden_client.transport.base import PartsReader
+
+    pieces = [b"abc", memoryview(b""), memoryview(bytearray(b"defgh")), torch.arange(3, dtype=torch.uint8).numpy()]
+    joined = b"abcdefgh\x00\x01\x02"
+    for size in (1, 2, 4, 100):
+        with PartsReader([memoryview(p) for p in pieces]) as reader:
+            chunks = []
+            while chunk := reader.read(size):
+                assert len(chunk) <= size
+                chunks.append(chunk)
+        assert b"".join(chunks) == joined

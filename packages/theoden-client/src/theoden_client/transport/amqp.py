@@ -21,12 +21,12 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import pika
 import pika.exceptions
@@ -59,7 +59,7 @@ from theoden_client.errors import (
     ServerUnavailable,
 )
 from theoden_client.reconnect import Backoff
-from theoden_client.transport.base import BlobSink, Transport, salvage_command
+from theoden_client.transport.base import BlobCollector, BlobSink, PartsReader, Transport, salvage_command
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
@@ -71,6 +71,8 @@ logger = logging.getLogger("theoden_client.transport.amqp")
 _CONTENT_TYPE = "application/msgpack"
 T = TypeVar("T", bound=ServerResponse)
 R = TypeVar("R")
+#: What an upload reads its chunks from: an open file, or pieces of memory.
+_Source = IO[bytes] | PartsReader
 
 
 def _map_error(response: ErrorResponse) -> Exception:
@@ -364,12 +366,28 @@ class RabbitMQTransport(Transport):
             BlobIntegrityError: The server stored something else than was sent.
             ServerUnavailable: The broker stayed away longer than ``transfer_retry``.
         """
+        return self._upload(lambda: path.open("rb"), sha256, size, media_type)
+
+    def upload_parts(
+        self, parts: Sequence[bytes | memoryview], *, sha256: str, size: int, media_type: str = SAFETENSORS_MEDIA_TYPE
+    ) -> BlobRef:
+        """Send consecutive pieces of memory in chunks through the broker (no temporary file).
+
+        Raises:
+            BlobIntegrityError: The server stored something else than was sent.
+            ServerUnavailable: The broker stayed away longer than ``transfer_retry``.
+        """
+        return self._upload(lambda: PartsReader(parts), sha256, size, media_type)
+
+    def _upload(self, open_source: Callable[[], _Source], sha256: str, size: int, media_type: str) -> BlobRef:
         deadline = time.monotonic() + self.transfer_retry
         restarts = 0
         while True:
             try:
                 return self._retrying(
-                    f"upload of {sha256[:12]}", deadline, lambda: self._upload_once(path, sha256, size, media_type)
+                    f"upload of {sha256[:12]}",
+                    deadline,
+                    lambda: self._upload_once(open_source, sha256, size, media_type),
                 )
             except ServerRejected as exc:
                 # A chunk processed twice (its reply was lost) puts the server one chunk ahead; start over.
@@ -378,7 +396,7 @@ class RabbitMQTransport(Transport):
                 restarts += 1
                 logger.warning("upload of %s out of step (%s); starting over", sha256[:12], exc.detail)
 
-    def _upload_once(self, path: Path, sha256: str, size: int, media_type: str) -> BlobRef:
+    def _upload_once(self, open_source: Callable[[], _Source], sha256: str, size: int, media_type: str) -> BlobRef:
         announce = BlobUpload(sha256=sha256, size=size, media_type=media_type)
         ticket = self._expect(self.request(announce), BlobTicket, announce)
         if ticket.max_size is not None and size > ticket.max_size:
@@ -387,7 +405,7 @@ class RabbitMQTransport(Transport):
             )
         chunk_size = min(ticket.chunk_size or MAX_CHUNK_BYTES, MAX_CHUNK_BYTES)
         index = 0
-        with path.open("rb") as fh:
+        with open_source() as fh:
             while ticket.ref is None:
                 data = fh.read(chunk_size)
                 if not data:
@@ -410,6 +428,20 @@ class RabbitMQTransport(Transport):
             BlobIntegrityError: Size or digest differ from ``ref`` (the file is removed).
             ServerUnavailable: The broker stayed away longer than ``transfer_retry``.
         """
+        self._download(ref, lambda: BlobSink(ref, destination))
+
+    def download_bytes(self, ref: BlobRef) -> bytes:
+        """Fetch blob ``ref`` chunk by chunk into memory and verify size and SHA-256 (no temporary file).
+
+        Raises:
+            BlobIntegrityError: Size or digest differ from ``ref``.
+            ServerUnavailable: The broker stayed away longer than ``transfer_retry``.
+        """
+        collector = BlobCollector(ref)
+        self._download(ref, lambda: collector)
+        return collector.result
+
+    def _download(self, ref: BlobRef, open_sink: Callable[[], BlobSink | BlobCollector]) -> None:
         deadline = time.monotonic() + self.transfer_retry
         what = f"download of {ref.id[:12]}"
         ask = BlobDownload(blob_id=ref.id)
@@ -419,7 +451,7 @@ class RabbitMQTransport(Transport):
                 f"server describes blob {ref.id} as {ticket.ref.size} bytes with sha256 {ticket.ref.sha256}, "
                 f"but the reference says {ref.size} bytes with sha256 {ref.sha256}"
             )
-        sink = BlobSink(ref, destination)
+        sink = open_sink()
         try:
             for index in range(ticket.num_chunks):
                 get = BlobChunkGet(blob_id=ref.id, index=index)
@@ -429,8 +461,7 @@ class RabbitMQTransport(Transport):
                 sink.write(chunk.data)
             sink.finish()
         except BaseException:
-            if destination.exists():
-                sink.abort()
+            sink.abort()
             raise
 
     def close(self) -> None:

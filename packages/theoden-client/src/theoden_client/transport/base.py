@@ -30,7 +30,7 @@ from theoden_protocol import (
 
 from theoden_client.errors import BlobIntegrityError, UndecodableCommandError
 
-__all__ = ["BlobCollector", "BlobSink", "Transport", "salvage_command"]
+__all__ = ["BlobCollector", "BlobSink", "PartsReader", "Transport", "salvage_command"]
 
 
 class Transport(ABC):
@@ -133,6 +133,34 @@ class Transport(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class PartsReader:
+    """Read consecutive pieces of memory as one stream, as `read` on a file would (a copy per piece read)."""
+
+    def __init__(self, parts: Sequence[bytes | memoryview]) -> None:
+        self._parts = [memoryview(part).cast("B") for part in parts]
+        self._index = 0
+        self._offset = 0
+
+    def read(self, size: int) -> bytes:
+        """Return the next ``size`` bytes (fewer at the end; ``b""`` when all were read)."""
+        pieces: list[memoryview] = []
+        while size > 0 and self._index < len(self._parts):
+            part = self._parts[self._index]
+            piece = part[self._offset : self._offset + size]
+            pieces.append(piece)
+            size -= len(piece)
+            self._offset += len(piece)
+            if self._offset >= len(part):
+                self._index, self._offset = self._index + 1, 0
+        return b"".join(pieces)
+
+    def __enter__(self) -> PartsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._parts = []
 
 
 class _Verifier:
