@@ -32,7 +32,6 @@ __all__ = [
     "Payload",
     "file_sha256",
     "load_weights",
-    "model_nbytes",
     "save_weights",
     "scratch_file",
     "weights_bytes",
@@ -44,18 +43,7 @@ CHUNK_BYTES = 1024 * 1024
 #: Weights up to this size are downloaded and loaded in memory; larger ones go through a scratch file.
 IN_MEMORY_BYTES = 64 * 1024 * 1024
 
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, attr) for name, attr in safetensors.TORCH_DTYPES.items()}
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
@@ -70,11 +58,6 @@ def scratch_file(folder: Path, *, prefix: str) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
-
-
-def model_nbytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict (parameters and buffers), i.e. about its safetensors size."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 @contextmanager
@@ -182,7 +165,7 @@ def _tensors_from_buffer(data: memoryview) -> dict[str, torch.Tensor]:
             count = entry.end - entry.begin
             if not count:
                 tensors[name] = torch.empty(entry.shape, dtype=dtype)
-            elif offset % safetensors.DTYPE_SIZES[entry.dtype]:  # unaligned: a copy makes it aligned
+            elif offset % dtype.itemsize:  # unaligned: a copy makes it aligned
                 raw = torch.frombuffer(bytearray(data[offset : offset + count]), dtype=torch.uint8)
                 tensors[name] = raw.view(dtype).view(entry.shape)
             else:

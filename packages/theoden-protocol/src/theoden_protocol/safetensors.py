@@ -23,6 +23,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "Header",
     "SafetensorsError",
+    "TORCH_DTYPES",
     "TensorEntry",
     "build_header",
     "header_length",
@@ -44,6 +45,21 @@ DTYPE_SIZES: Final[dict[str, int]] = {
     "I8": 1,
     "U8": 1,
     "BOOL": 1,
+}
+
+#: The torch dtype (an attribute of the ``torch`` module) of each dtype name: both sides map names with
+#: this one table, so what one writes the other reads as the same dtype.
+TORCH_DTYPES: Final[dict[str, str]] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
 
 

@@ -260,9 +260,10 @@ class BlobStore:
                 os.replace(tmp, target)
             else:  # the same bytes again (e.g. another client's identical weights): stored once
                 meta = known[0]
-            if known is None or (owner is not None and owner not in meta.owners):
-                if owner is not None and owner not in meta.owners:
-                    meta.owners.append(owner)
+            new_owner = owner if owner is not None and owner not in meta.owners else None
+            if new_owner is not None:
+                meta.owners.append(new_owner)
+            if known is None or new_owner is not None:
                 self._write_meta(digest, meta)
             self._known[digest] = (meta, size)
         return BlobRef(id=digest, sha256=digest, size=size, media_type=meta.media_type)

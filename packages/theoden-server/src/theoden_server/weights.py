@@ -44,18 +44,7 @@ __all__ = [
     "state_dict_of",
 ]
 
-_DTYPES: Final[dict[str, torch.dtype]] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+_DTYPES: Final[dict[str, torch.dtype]] = {name: getattr(torch, attr) for name, attr in safetensors.TORCH_DTYPES.items()}
 _NAMES: Final = {dtype: name for name, dtype in _DTYPES.items()}
 
 

@@ -30,7 +30,7 @@ from theoden_protocol import (
 
 from theoden_client.errors import BlobIntegrityError, UndecodableCommandError
 
-__all__ = ["BlobCollector", "BlobSink", "PartsReader", "Transport", "salvage_command"]
+__all__ = ["BlobCollector", "BlobSink", "PartsReader", "Transport", "salvage_command", "verify_blob"]
 
 
 class Transport(ABC):
@@ -171,7 +171,7 @@ class _Verifier:
         self.size = 0
         self._digest = hashlib.sha256()
 
-    def _take(self, chunk: bytes) -> None:
+    def _take(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
         if self.size > self.ref.size:
             self.abort()
@@ -189,6 +189,13 @@ class _Verifier:
 
     def abort(self) -> None:
         """Drop what was received."""
+
+
+def verify_blob(ref: BlobRef, data: memoryview) -> None:
+    """Check a blob received in one piece against its reference (`BlobIntegrityError` if it differs)."""
+    verifier = _Verifier(ref)
+    verifier._take(data)
+    verifier._verify()
 
 
 class BlobSink(_Verifier):

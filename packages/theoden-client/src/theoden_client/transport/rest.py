@@ -9,7 +9,6 @@ per request.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -44,7 +43,7 @@ from theoden_client.errors import (
     ServerUnavailable,
 )
 from theoden_client.transport._http import Body, Connections, Exchange
-from theoden_client.transport.base import BlobCollector, BlobSink, Transport, salvage_command
+from theoden_client.transport.base import BlobCollector, BlobSink, Transport, salvage_command, verify_blob
 from theoden_client.weights import CHUNK_BYTES
 
 __all__ = ["API_PREFIX", "KEEP_BUFFER_BYTES", "RestTransport"]
@@ -320,7 +319,7 @@ class RestTransport(Transport):
             BlobIntegrityError: Size or digest differ from ``ref`` (the file is removed).
             ServerUnavailable: The connection broke during the transfer.
         """
-        self._get_blob(ref, lambda: BlobSink(ref, destination))
+        self._get_blob(ref, self._into_sink(lambda: BlobSink(ref, destination)))
 
     def download_bytes(self, ref: BlobRef) -> bytes:
         """GET ``/storage/{ref.id}`` into memory, verified.
@@ -330,7 +329,7 @@ class RestTransport(Transport):
             ServerUnavailable: The connection broke during the transfer.
         """
         collector = BlobCollector(ref)
-        self._get_blob(ref, lambda: collector)
+        self._get_blob(ref, self._into_sink(lambda: collector))
         return collector.result
 
     @contextmanager
@@ -346,41 +345,39 @@ class RestTransport(Transport):
         try:
             buffer = self._buffer if len(self._buffer) >= ref.size else bytearray(ref.size)
             view = memoryview(buffer)[: ref.size]
-            exchange = self._authed("GET", f"/storage/{ref.id}", headers={})
-            try:
-                _check_announced(exchange, ref)
-                self._http.read_into(exchange, view)
-            except BaseException:
-                exchange.conn.close()
-                raise
-            self._http.release(exchange)
-            digest = hashlib.sha256(view).hexdigest()
-            if digest != ref.sha256:
-                raise BlobIntegrityError(
-                    f"blob {ref.id} failed verification: got {ref.size} bytes with sha256 {digest}, "
-                    f"expected sha256 {ref.sha256}"
-                )
+            self._get_blob(ref, lambda exchange: self._http.read_into(exchange, view))
+            verify_blob(ref, view)
             if ref.size <= KEEP_BUFFER_BYTES:
                 self._buffer = buffer
             yield view.toreadonly()
         finally:
             self._buffer_lock.release()
 
-    def _get_blob(self, ref: BlobRef, open_sink: Callable[[], BlobSink | BlobCollector]) -> None:
+    def _get_blob(self, ref: BlobRef, receive: Callable[[Exchange], None]) -> None:
+        """GET a blob, refuse an announced digest or length that differs from ``ref``, hand the body to ``receive``."""
         exchange = self._authed("GET", f"/storage/{ref.id}", headers={})
-        sink: BlobSink | BlobCollector | None = None
         try:
             _check_announced(exchange, ref)
-            sink = open_sink()
-            while chunk := self._http.read_piece(exchange, CHUNK_BYTES):
-                sink.write(chunk)
-            sink.finish()
+            receive(exchange)
         except BaseException:
-            if sink is not None:
-                sink.abort()
             exchange.conn.close()
             raise
         self._http.release(exchange)
+
+    def _into_sink(self, open_sink: Callable[[], BlobSink | BlobCollector]) -> Callable[[Exchange], None]:
+        """A receiver for `_get_blob` streaming the body into a sink (which checks it; aborted on failure)."""
+
+        def receive(exchange: Exchange) -> None:
+            sink = open_sink()
+            try:
+                while chunk := self._http.read_piece(exchange, CHUNK_BYTES):
+                    sink.write(chunk)
+                sink.finish()
+            except BaseException:
+                sink.abort()
+                raise
+
+        return receive
 
     def close(self) -> None:
         """Close the idle connections; connections in use close when their request ends."""
