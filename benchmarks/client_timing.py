@@ -7,52 +7,20 @@ Nothing in the client changes besides the timing (the original handlers run unch
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import time
 from functools import wraps
 from typing import Any
 
+from spans import SpanFile
 from theoden_client.executors import EXECUTORS
 from theoden_client.transport.base import Transport
 from theoden_client.transport.rest import RestTransport
 from theoden_protocol import LoadWeights, SendModel, Train, Validate
 
-_PATH = os.environ.get("BENCH_CLIENT_TIMES")
-_LOCK = threading.Lock()
-_FILE = open(_PATH, "a", buffering=1) if _PATH else None  # noqa: SIM115 - lives as long as the process
-
-
-def _record(kind: str, start: float, end: float, **extra: Any) -> None:
-    if _FILE is None:
-        return
-    with _LOCK:
-        _FILE.write(
-            json.dumps(
-                {
-                    "who": os.getpid(),
-                    "kind": kind,
-                    "start": start,
-                    "end": end,
-                    "thread": threading.current_thread().name,
-                    **extra,
-                }
-            )
-            + "\n"
-        )
-
-
-def _timed(kind: str, fn: Any) -> Any:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.monotonic()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _record(kind, t0, time.monotonic())
-
-    return wrapper
+SPANS = SpanFile(os.environ.get("BENCH_CLIENT_TIMES"), os.getpid())
+_record = SPANS.record
+_timed = SPANS.timed
 
 
 for command_type, kind in (

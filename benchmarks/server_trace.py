@@ -7,38 +7,20 @@ update with timers and appends one JSON line per span (``CLOCK_MONOTONIC``, comp
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import time
 from functools import wraps
 from typing import Any
 
+from spans import SpanFile
 from theoden_server.operations.actions import Aggregation
 from theoden_server.operations.distributions import ClosedDistribution
 from theoden_server.rest import fastpath
 from theoden_server.server import Server
 
-_FILE = open(os.environ["BENCH_SERVER_TRACE"], "a", buffering=1)  # noqa: SIM115 - lives as long as the process
-_LOCK = threading.Lock()
-
-
-def _record(kind: str, start: float, end: float, **extra: Any) -> None:
-    line = json.dumps({"who": "server", "kind": kind, "start": start, "end": end, **extra})
-    with _LOCK:
-        _FILE.write(line + "\n")
-
-
-def _sync(kind: str, fn: Any, detail: Any = None) -> Any:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.monotonic()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _record(kind, t0, time.monotonic(), **(detail(*args, **kwargs) if detail else {}))
-
-    return wrapper
+SPANS = SpanFile(os.environ["BENCH_SERVER_TRACE"], "server")
+_record = SPANS.record
+_sync = SPANS.timed
 
 
 def _async(kind: str, fn: Any) -> Any:
