@@ -103,6 +103,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         sample_rss=True,
         rss_interval=0.05,
         timeout=1800,
+        server_extra=["--keep-uploads"],  # the last round's uploads are measured again below
     )
     started = [e["mono"] for e in result.events if e["event"] == "status" and e["status"] == "started"]
     round0 = started[clients + 1]  # setup (N) and InitGlobalModelFromClient (1) came first

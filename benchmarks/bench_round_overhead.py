@@ -61,7 +61,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             detail={"rounds": len(times), "run_dir": str(distinct.run_dir)},
         )
     )
-    # Side by side: the same 3-client run with torch's default thread pool in the server (as shipped today).
+    # Side by side: the same 3-client run with torch's default thread pool in the server (one thread per core;
+    # the server asks for one unless THEODEN_TORCH_THREADS says otherwise).
     rounds = 8 if quick else 21
     stock = common.run_zero_train(
         "round-3-stock", clients=3, rounds=rounds, model=common.MODEL_1MB, server_threads=None
@@ -70,7 +71,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     out.append(
         common.metric(
             "1",
-            "3 clients x 1 MB, server with torch's default thread pool",
+            "3 clients x 1 MB, server with one torch thread per core",
             common.median(times),
             "s",
             detail={"rounds": len(times), "run_dir": str(stock.run_dir)},

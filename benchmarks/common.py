@@ -30,7 +30,7 @@ MODEL_1MB = (16, 13797)  # 262,145 parameters = 1.0 MB
 MODEL_100MB = (16, 1_379_680)  # 26,213,922 parameters = 100.0 MB
 
 
-#: torch intra-op threads of the server process (``OMP_NUM_THREADS``), ``None``: torch's default (one per core).
+#: torch intra-op threads of the server process (``THEODEN_TORCH_THREADS``), ``None``: one per core (torch's default).
 #: The server's tensor work (folding uploads, writing the new model) is memory-bound and done in 1 MiB-scale
 #: slices; with the default pool every slice wakes the OpenMP threads, which then spin, costing more CPU than
 #: the work on a 2-core machine (see RESULTS.md, figure 1). Requested as the server's default in start.py.
@@ -283,6 +283,7 @@ def run_zero_train(
     client_extra: list[str] | None = None,
     server_threads: int | None = SERVER_TORCH_THREADS,
     client_env: dict[str, str] | None = None,
+    server_extra: list[str] | None = None,
 ) -> FlRun:
     """Run the zero-training plan with real processes; return the watcher's events."""
     run_dir = new_run_dir(name)
@@ -296,13 +297,15 @@ def run_zero_train(
         "BENCH_HIDDEN": str(model[1]),
         "BENCH_TIMES": str(times),
     }
+    # the server asks torch for THEODEN_TORCH_THREADS intra-op threads (1 unless set); None: one per core
+    env["THEODEN_TORCH_THREADS"] = str(server_threads if server_threads is not None else os.cpu_count() or 1)
     if server_threads is not None:
         env["OMP_NUM_THREADS"] = str(server_threads)
     procs: list[subprocess.Popen[bytes]] = []
     sampler = None
     started = time.monotonic()
     try:
-        server, url = start_server(run_dir, PLANS / "zero_train.py", users, env)
+        server, url = start_server(run_dir, PLANS / "zero_train.py", users, env, server_extra)
         procs.append(server)
         for n in names:
             procs.append(start_client(run_dir, url, n, client_extra, client_env))

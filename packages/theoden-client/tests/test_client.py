@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -310,3 +311,43 @@ def test_non_finite_metrics_are_dropped_not_sent(tmp_path: Path) -> None:
     assert response is not None
     assert response.metrics == {"ok": 1.0}
     assert response.details == {"non_finite_metrics": "train/loss"}
+
+
+_kept_alive: list[list[object]] = []
+
+
+@register
+class Grow(Command, tag="test_client_grow", kw_only=True):
+    """Keep ``count`` new tracked objects alive; report how many objects are frozen."""
+
+    count: int = 0
+
+
+def grow(command: Grow, ctx: ExecutionContext) -> ExecutionResponse:
+    _kept_alive.extend([] for _ in range(command.count))
+    return ExecutionResponse(details={"frozen": gc.get_freeze_count()})
+
+
+@pytest.mark.parametrize("check_interval", [0.0, 3600.0])
+def test_heap_that_grew_is_frozen_again_at_most_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check_interval: float
+) -> None:
+    import theoden_client.client as client_module
+
+    monkeypatch.setattr(client_module, "FREEZE_CHECK_INTERVAL", check_interval)
+    commands = [Grow(), Grow(count=client_module.FREEZE_GROWTH_BLOCKS + 10_000), Grow()]
+    fake = FakeTransport(commands)
+    client = make_client(fake, tmp_path)
+    client.context.executors.register(Grow, grow)
+    try:
+        client.run(handle_signals=False)
+    finally:
+        _kept_alive.clear()
+
+    frozen = [fake.final(c.uuid).response.details["frozen"] for c in commands]  # type: ignore[union-attr]
+    assert frozen[0] > 0  # the start-up heap is frozen before the first command
+    if check_interval == 0:  # checked after every command: the grown heap is frozen before the next one
+        assert frozen[2] >= frozen[1] + client_module.FREEZE_GROWTH_BLOCKS
+    else:  # checked after the first command only; the next check is an interval away
+        assert frozen[2] == frozen[1]
+    assert gc.get_freeze_count() == 0  # the run unfroze what it froze

@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from os import PathLike
@@ -54,6 +55,8 @@ MAX_ERROR_CHARS = 8000
 MIN_POLL_INTERVAL = 0.05
 #: After a command that left this many more allocated memory blocks alive, the heap is frozen again.
 FREEZE_GROWTH_BLOCKS = 50_000
+#: Seconds between two checks of that growth (counting the blocks walks every memory arena: ~0.1 ms).
+FREEZE_CHECK_INTERVAL = 2.0
 
 
 def _without_non_finite(response: ExecutionResponse) -> ExecutionResponse:
@@ -142,6 +145,7 @@ class Client:
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._frozen_blocks = 0
+        self._next_heap_check = 0.0
 
     # -- public ------------------------------------------------------------------------------
 
@@ -302,8 +306,10 @@ class Client:
                     self._idle = False
                 continue
             self.handle(reply.command)
-            if sys.getallocatedblocks() - self._frozen_blocks > FREEZE_GROWTH_BLOCKS:
-                self._freeze_heap()  # e.g. the first optimizer step imports torch._dynamo
+            if time.monotonic() >= self._next_heap_check:
+                self._next_heap_check = time.monotonic() + FREEZE_CHECK_INTERVAL
+                if sys.getallocatedblocks() - self._frozen_blocks > FREEZE_GROWTH_BLOCKS:
+                    self._freeze_heap()  # e.g. the first optimizer step imports torch._dynamo
             if self.exit_reason is not None:
                 logger.info("exiting: %s", self.exit_reason)
                 self._stop.set()

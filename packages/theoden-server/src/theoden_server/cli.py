@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="fewest successful clients a round needs to aggregate; fewer fail the run (default: aggregate what arrived)",
     )
+    run.add_argument(
+        "--keep-uploads",
+        action="store_true",
+        help="keep the clients' uploads after their round (default: deleted once aggregated; global models stay)",
+    )
     run.add_argument("--max-wait", type=float, default=30.0, metavar="S", help="longest a pull is held (default: 30)")
     run.add_argument("--token-ttl", type=int, default=3600, metavar="S", help="token lifetime (default: 3600)")
     run.add_argument(
@@ -367,4 +372,6 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any]:
         tuning["min_successful_clients"] = args.min_successful_clients
     if args.insecure_http:
         tuning["insecure_http"] = True
+    if args.keep_uploads:
+        tuning["keep_uploads"] = True
     return tuning

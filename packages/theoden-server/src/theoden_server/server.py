@@ -99,6 +99,9 @@ class Server:
         min_successful_clients: Fewest usable results for a round to aggregate; fewer fail the
             run loudly. ``None``: aggregate whatever arrived (none keeps the global model).
         protection: Which request types the server processes at all (see `OperationWhitelist`).
+        keep_uploads: Keep the clients' uploads once the round that received them is over (for
+            auditing or your own watchers that read them). By default they are deleted then; the
+            global models stay either way.
     """
 
     def __init__(
@@ -116,8 +119,10 @@ class Server:
         max_wait: float = 30.0,
         min_successful_clients: int | None = None,
         protection: OperationProtection | None = None,
+        keep_uploads: bool = False,
     ) -> None:
         self.run_name = run_name
+        self.keep_uploads = keep_uploads
         self.protection = protection or OperationProtection()
         self.store = store
         self.run_dir = Path(run_dir)
@@ -207,6 +212,18 @@ class Server:
         self.store.publish(ref.id)
         self.global_model = ref
         self.watchers.notify(ParametersNotification(model=ref, round=round, source=source))
+
+    def release_uploads(self, blob_ids: Sequence[str]) -> int:
+        """Delete client uploads no longer needed (e.g. a finished round's), unless `keep_uploads`.
+
+        Published blobs (global models) are never deleted here. Returns how many blobs were deleted.
+        """
+        if self.keep_uploads:
+            return 0
+        deleted = sum(self.store.discard_upload(blob_id) for blob_id in dict.fromkeys(blob_ids))
+        if deleted:
+            logger.debug("deleted %d client upload(s) no longer needed", deleted)
+        return deleted
 
     def fail(self, reason: str) -> None:
         """Fail the run loudly: drop the plan, tell clients to exit, set `finished` (first reason wins)."""

@@ -89,6 +89,7 @@ def build_server(
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     default_watchers: bool = True,
     protection: Any | None = None,
+    keep_uploads: bool = False,
 ) -> BuiltServer:
     """Create the run directory, store, security and `Server` with its REST app, without serving.
 
@@ -123,6 +124,7 @@ def build_server(
         max_wait=max_wait,
         min_successful_clients=min_successful_clients,
         protection=protection,
+        keep_uploads=keep_uploads,
     )
     app = create_app(server, users=users_file, tokens=tokens, store=store, settings=RestSettings(max_wait=max_wait))
     return BuiltServer(server=server, app=app, users=users_file, tokens=tokens, store=store, run_dir=directory)
@@ -171,6 +173,7 @@ def start_server(
     protection: Any | None = None,
     insecure_http: bool = False,
     log_level: str = "info",
+    keep_uploads: bool = False,
 ) -> Server:
     """Run a TheODen server until its plan is done (``exit_on_finish``) or SIGINT/SIGTERM.
 
@@ -201,6 +204,8 @@ def start_server(
         protection: which request types the server accepts at all (`OperationWhitelist` / `OperationBlacklist`).
         insecure_http: allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
         log_level: uvicorn and server log level.
+        keep_uploads: keep the clients' uploads after their round (default: deleted once aggregated;
+            the global models are kept either way).
 
     Returns:
         The `Server`, after it stopped (inspect ``failed`` and the run directory).
@@ -237,6 +242,7 @@ def start_server(
         min_successful_clients=min_successful_clients,
         max_blob_bytes=max_blob_bytes,
         protection=protection,
+        keep_uploads=keep_uploads,
     )
     level = getattr(logging, log_level.upper(), logging.INFO)
     handler = _log_to_run_dir(built.run_dir, level)

@@ -338,6 +338,24 @@ class BlobStore:
             self._blob_path(validate_blob_id(blob_id)).unlink(missing_ok=True)
             self._meta_path(blob_id).unlink(missing_ok=True)
 
+    def discard_upload(self, blob_id: str) -> bool:
+        """Delete a blob unless it is published (a global model); return whether it was deleted.
+
+        For clients' uploads once they were used: a blob that became public meanwhile (e.g. a client's
+        weights taken as the global model) stays.
+        """
+        with self._lock:
+            known = self._known.get(blob_id) or self._from_disk(validate_blob_id(blob_id))
+            if known is None or known[0].public:
+                return False
+            self._known.pop(blob_id, None)
+            self._blob_path(blob_id).unlink(missing_ok=True)
+            self._meta_path(blob_id).unlink(missing_ok=True)
+        with self._cache_lock:
+            dropped = self._cache.pop(blob_id, None)
+            self._cache_bytes -= len(dropped or b"")
+        return True
+
     def copy_to(self, blob_id: str, destination: str | os.PathLike[str]) -> Path:
         """Copy a stored blob to ``destination`` (e.g. the run directory's best model)."""
         dest = Path(destination)

@@ -426,3 +426,48 @@ def test_permanent_conditions_never_hold_back_the_end_of_a_run(make_server) -> N
     # Assert
     assert isinstance(command, Exit)
     assert command.reason == "bye"
+
+
+@pytest.mark.parametrize("keep_uploads", [False, True])
+def test_a_rounds_uploads_are_deleted_once_it_is_aggregated_unless_kept(
+    make_server, global_file: Path, keep_uploads: bool
+) -> None:
+    # Prepare: a accepted, b rejected (weights of the wrong shape), c reports a blob that is not its own
+    from ._harness import default_behaviour
+
+    uploads: list[str] = []
+    foreign = None
+
+    def behaviour(client: SimClient, command):
+        nonlocal foreign
+        if not isinstance(command, Sequential):
+            return default_behaviour(client, command)
+        if client.name == "b":
+            ref = client.upload({"w": torch.zeros(5, 3)})
+        elif client.name == "c":
+            ref = foreign = client.server.store.put_bytes(b"not c's" * 100, owner="someone-else")
+            return ExecutionResponse(blobs={"model": ref}, num_samples=5)
+        else:
+            response = default_behaviour(client, command)
+            assert response is not None
+            ref = response.blobs["model"]
+        uploads.append(ref.id)
+        return ExecutionResponse(blobs={"model": ref}, num_samples=5)
+
+    server = make_server(instructions=plan(global_file, n_rounds=2, final_validation=False), keep_uploads=keep_uploads)
+    clients = [SimClient(server, name, behaviour=behaviour) for name in ("a", "b", "c")]
+    for client in clients:
+        client.register()
+
+    # Execute
+    drive(server, clients)
+
+    # Assert: every global model stays; the clients' own uploads go unless kept; another's blob is never touched
+    assert server.failed is None
+    assert len(uploads) == 4  # a and b, two rounds
+    assert all(server.store.exists(blob) for blob in uploads) is keep_uploads
+    assert any(server.store.exists(blob) for blob in uploads) is keep_uploads
+    trainings = [cmd for cmd in clients[0].received if isinstance(cmd, Sequential)]
+    for model in [*(t.commands[0].blob for t in trainings), server.global_model]:
+        assert server.store.exists(model.id) and server.store.is_public(model.id)
+    assert foreign is not None and server.store.exists(foreign.id)

@@ -263,3 +263,24 @@ def test_small_blobs_are_kept_in_memory_once_read_within_a_bounded_budget(
     store.delete(refs[0].id)
     with pytest.raises(NotFound):
         store.read_cached(refs[0].id)
+
+
+def test_discarding_an_upload_deletes_it_everywhere_but_never_a_published_blob(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    upload = store.put_bytes(b"update" * 1000, owner="alice")
+    model = store.put_bytes(b"global" * 1000, owner="alice")
+    store.publish(model.id)
+    assert store.read_cached(upload.id) == b"update" * 1000
+
+    assert store.discard_upload(upload.id) is True
+    assert store.discard_upload(model.id) is False  # a global model stays
+    assert store.discard_upload(upload.id) is False  # already gone
+
+    for view in (store, BlobStore(tmp_path / "store")):
+        assert not view.exists(upload.id)
+        assert view.exists(model.id) and view.is_public(model.id)
+    with pytest.raises(NotFound):
+        store.read_cached(upload.id)  # not served from memory either
+    assert sorted(p.name for p in (tmp_path / "store" / "blobs").rglob("*") if p.is_file()) == sorted(
+        [model.id, f"{model.id}.meta.json"]
+    )

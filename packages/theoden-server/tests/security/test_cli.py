@@ -291,6 +291,15 @@ def test_run_insecure_http_is_allowed_explicitly(
     assert fake_start[0][1]["host"] == "0.0.0.0"
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_run_keeps_uploads_only_when_asked(
+    tmp_path: Path, users_file: Path, fake_start: list[tuple[tuple[Any, ...], dict[str, Any]]], keep: bool
+) -> None:
+    plan = write_plan(tmp_path, "instructions = [1]\n")
+    assert main(["run", str(plan), "--users", str(users_file), *(["--keep-uploads"] if keep else [])]) == 0
+    assert fake_start[0][1].get("keep_uploads", False) is keep
+
+
 def test_load_plan_reads_optional_names(tmp_path: Path) -> None:
     plan = load_plan(write_plan(tmp_path, "instructions = ['a']\nwatchers = ('w1', 'w2')\n"))
     assert plan.instructions == ["a"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from theoden_protocol import ExecutionResponse, Exit, ModelSpec, SendModel
+from theoden_protocol import BlobRef, ExecutionResponse, Exit, ModelSpec, SendModel
 
 from theoden_server.aggregation.base import AggregationContext, AggregationError, Aggregator, ClientResult
 from theoden_server.operations.distributions import ClientEntry, ClosedDistribution, DistributionStatus
@@ -42,19 +42,17 @@ __all__ = [
     "InitGlobalModelFromClient",
     "LoadGlobalModel",
     "client_result",
+    "owned_upload",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def client_result(
-    server: Server, client: str, response: ExecutionResponse, reference: Layout | None, *, blob_name: str = "model"
-) -> ClientResult:
-    """Check a client's uploaded weights and return them as a `ClientResult`.
+def owned_upload(server: Server, client: str, response: ExecutionResponse, *, blob_name: str = "model") -> BlobRef:
+    """The stored blob ``client`` reported as ``blob_name`` in ``response``, checked to be the client's own upload.
 
     Raises:
-        WeightsError: no upload, an upload the client does not own, not a safetensors file, or
-            weights that do not fit ``reference`` (missing / unknown keys, other shapes).
+        WeightsError: no such blob reported, not in the store, or uploaded by someone else.
     """
     ref = response.blobs.get(blob_name)
     if ref is None:
@@ -63,13 +61,34 @@ def client_result(
         raise WeightsError(f"blob {ref.id} reported by client {client} is not in the store")
     if client not in server.store.owners(ref.id):
         raise WeightsError(f"blob {ref.id} was not uploaded by client {client}")
-    path = server.store.path(ref.id)
+    return server.store.ref(ref.id)
+
+
+def client_result(
+    server: Server,
+    client: str,
+    response: ExecutionResponse,
+    reference: Layout | None,
+    *,
+    blob_name: str = "model",
+    upload: BlobRef | None = None,
+) -> ClientResult:
+    """Check a client's uploaded weights and return them as a `ClientResult`.
+
+    ``upload`` is the blob `owned_upload` already returned for this response (else it is looked up).
+
+    Raises:
+        WeightsError: no upload, an upload the client does not own, not a safetensors file, or
+            weights that do not fit ``reference`` (missing / unknown keys, other shapes).
+    """
+    blob = upload if upload is not None else owned_upload(server, client, response, blob_name=blob_name)
+    path = server.store.path(blob.id)
     layout = read_layout(path)
     if reference is not None:
         check_layout(reference, layout)
     return ClientResult(
         client=client,
-        blob=server.store.ref(ref.id),
+        blob=blob,
         path=path,
         layout=layout,
         num_samples=response.num_samples,
@@ -144,7 +163,9 @@ class Aggregation(Action):
     Use its `begin` and `collect` as the round distribution's ``on_init`` and ``on_client_finish``
     hooks (`TrainingRound` does). With fewer usable results than ``min_successful_clients`` (or
     the server's default) the run fails loudly; with none and no minimum, the global model stays
-    as it was and an `AggregationCompletedNotification` says why.
+    as it was and an `AggregationCompletedNotification` says why. Once the round is over, the
+    clients' uploads it received are deleted from the store (the global models stay), unless the
+    server keeps uploads (`Server.keep_uploads`).
 
     Args:
         aggregator: The strategy (kept across rounds, e.g. for FedOpt's moments).
@@ -165,10 +186,12 @@ class Aggregation(Action):
         self.round = round
         self.min_successful_clients = min_successful_clients
         self.distribution: ClosedDistribution | None = None
+        self._uploads: list[str] = []  # the clients' blobs this round received, released after it
 
     def begin(self, server: Server, distribution: ClosedDistribution) -> None:
         """Start the aggregator's round against the current global model."""
         self.distribution = distribution
+        self._uploads = []
         model = server.global_model
         path = None if model is None else server.store.path(model.id)
         self.aggregator.start(AggregationContext(round=self.round, global_model=model, global_path=path))
@@ -178,13 +201,22 @@ class Aggregation(Action):
     ) -> None:
         """Check one client's upload and hand it to the aggregator (raises to reject it)."""
         context = self.aggregator.context
-        result = client_result(server, client, response, context.layout)
+        upload = owned_upload(server, client, response)
+        self._uploads.append(upload.id)  # released after the round, whether it is accepted or not
+        result = client_result(server, client, response, context.layout, upload=upload)
         if context.layout is None:  # no global model yet: the first upload defines the layout
             context.layout = result.layout
         self.aggregator.add(result)
 
     def perform(self, server: Server) -> None:
         """Write the new global model (or keep the old one, or fail the run, per the minimum)."""
+        try:
+            self._perform(server)
+        finally:
+            uploads, self._uploads = self._uploads, []
+            server.release_uploads(uploads)
+
+    def _perform(self, server: Server) -> None:
         failed = {} if self.distribution is None else self.distribution.failed_clients()
         selected = 0 if self.distribution is None else len(self.distribution.selected)
         usable = self.aggregator.num_results
