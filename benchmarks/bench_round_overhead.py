@@ -48,8 +48,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         clients=3,
         rounds=rounds,
         model=common.MODEL_1MB,
-        client_extra=["--plugin", "distinct_uploads"],
-        client_env={"PYTHONPATH": str(common.BENCH)},
+        **common.distinct_uploads(),
     )
     times = distinct.round_times()
     out.append(

@@ -271,6 +271,13 @@ class FlRun:
         return [b - a for a, b in itertools.pairwise(ends)]
 
 
+def distinct_uploads() -> dict[str, Any]:
+    """`run_zero_train` options that make every client's upload different (as after training), see
+    ``distinct_uploads.py``; the clients find the plugin on ``PYTHONPATH`` (kept in front if set)."""
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(BENCH)) if p)
+    return {"client_extra": ["--plugin", "distinct_uploads"], "client_env": {"PYTHONPATH": path}}
+
+
 def run_zero_train(
     name: str,
     *,

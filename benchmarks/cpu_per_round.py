@@ -1,6 +1,6 @@
 """Profile helper (not a figure): CPU per round of the server (per thread) and of each client.
 
-``python benchmarks/cpu_per_round.py [CLIENTS] [--mb 1|100] [--server-threads 1|default]``. Runs the zero-training
+``python benchmarks/cpu_per_round.py [CLIENTS] [--mb 1|100] [--server-threads 1|default] [--distinct]``. Runs the zero-training
 plan, and over a steady-state window (from ``--warmup`` seconds after the first round) reads every server thread's CPU time from /proc (names via ``py-spy dump``;
 threads py-spy does not list are native, e.g. torch's OpenMP pool) and each client's CPU via psutil.
 """
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--server-threads", default="1")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=8.0)
+    parser.add_argument("--distinct", action="store_true", help="every upload different (--plugin distinct_uploads)")
     args = parser.parse_args()
     model = common.MODEL_1MB if args.mb == 1 else common.MODEL_100MB
     result: dict = {}
@@ -99,6 +100,7 @@ def main() -> None:
         rss_interval=0.1,
         server_threads=threads,
         timeout=1200,
+        **(common.distinct_uploads() if args.distinct else {}),
     )
     t0, t1 = result["window"]
     n = max(1, len([e for e in run.round_ends() if t0 <= e <= t1]))

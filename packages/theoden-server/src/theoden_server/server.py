@@ -437,7 +437,11 @@ class Server:
         if upload is None:
             raise NotFound(f"client {client!r} announced no upload of blob {blob_id}; send a BlobUpload first")
         return self.store.writer(
-            media_type=upload.media_type, owner=client, expected_sha256=blob_id, expected_size=upload.size
+            media_type=upload.media_type,
+            owner=client,
+            expected_sha256=blob_id,
+            expected_size=upload.size,
+            in_memory=not self.keep_uploads,
         )
 
     def _put_chunk(self, request: BlobChunkPut, client: str) -> BlobTicket:
@@ -463,6 +467,7 @@ class Server:
                     owner=client,
                     expected_sha256=upload.blob_id,
                     expected_size=upload.size,
+                    in_memory=not self.keep_uploads,
                 )
             upload.writer.write(request.data)
             upload.next_index += 1

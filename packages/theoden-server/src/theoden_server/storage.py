@@ -3,6 +3,10 @@
 A blob's id is the SHA-256 of its bytes, so an id can never name a path outside the store and
 the same weights uploaded twice are stored once. Writes go to a temporary file and are moved
 into place only after the digest and size were verified; readers never see a partial blob.
+
+A small upload that will live only for its round (a client's update, deleted once aggregated) may
+be *held* in memory instead (``writer(in_memory=True)``): it is verified the same way, but written
+to disk only if something asks for its file (`BlobStore.path`) or publishes it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ __all__ = [
     "CACHE_BLOB_BYTES",
     "CACHE_TOTAL_BYTES",
     "DEFAULT_MAX_BLOB_BYTES",
+    "HOLD_BLOB_BYTES",
+    "HOLD_TOTAL_BYTES",
     "BlobStore",
     "BlobWriter",
     "validate_blob_id",
@@ -46,6 +52,10 @@ _IOV_MAX: Final = 1024
 CACHE_BLOB_BYTES: Final = 4 * 1024 * 1024
 #: Memory the kept blobs may take together (least recently read ones go first).
 CACHE_TOTAL_BYTES: Final = 64 * 1024 * 1024
+#: Largest upload held in memory instead of written (`BlobStore.writer` with ``in_memory``).
+HOLD_BLOB_BYTES: Final = 4 * 1024 * 1024
+#: Memory the held uploads may take together; past it, uploads are written to disk as usual.
+HOLD_TOTAL_BYTES: Final = 256 * 1024 * 1024
 
 
 def validate_blob_id(blob_id: str) -> str:
@@ -74,6 +84,7 @@ class BlobWriter:
         expected_sha256: str | None,
         expected_size: int | None,
         max_bytes: int,
+        hold: bool = False,
     ) -> None:
         self._store = store
         self._media_type = media_type
@@ -89,6 +100,9 @@ class BlobWriter:
         self._done = False
         self._hash = hashlib.sha256()
         self.size = 0
+        # held in memory (a reservation of ``expected_size`` bytes in the store's budget) instead of written
+        self._held: list[bytes] | None = [] if hold else None
+        self._reserved = (expected_size or 0) if hold else 0
 
     def _open(self) -> BinaryIO:
         if self._file is None:
@@ -115,6 +129,10 @@ class BlobWriter:
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append ``chunk``; raises `PayloadTooLarge` (and aborts) past the size limit."""
         self._admit(len(chunk))
+        if self._held is not None:
+            self._hash.update(chunk)
+            self._held.append(bytes(chunk))
+            return
         file = self._open()
         if len(chunk) >= _PARALLEL_HASH_BYTES:  # hash on a second core while this one writes (both drop the GIL)
             hasher = threading.Thread(target=self._hash.update, args=(chunk,), name="theoden-hash", daemon=True)
@@ -135,6 +153,11 @@ class BlobWriter:
         """
         for chunk in chunks:
             self._admit(len(chunk))
+        if self._held is not None:
+            for chunk in chunks:
+                self._hash.update(chunk)
+                self._held.append(bytes(chunk))  # no copy for bytes
+            return
         file = self._open()
         for chunk in chunks:
             self._hash.update(chunk)
@@ -158,7 +181,8 @@ class BlobWriter:
         """Verify digest and size, move the blob into place and return its reference."""
         if self._done:
             raise RuntimeError("upload already committed or aborted")
-        self._open().close()  # an empty blob is a file too
+        if self._held is None:
+            self._open().close()  # an empty blob is a file too
         self._done = True
         digest = self._hash.hexdigest()
         try:
@@ -169,6 +193,9 @@ class BlobWriter:
                     f"received bytes have SHA-256 {digest}, not the announced {self._expected_sha256}; "
                     "the upload was corrupted or the id is wrong"
                 )
+            if self._held is not None:
+                data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+                return self._store._adopt_held(data, digest, self._media_type, self._owner)
             assert self._tmp is not None
             return self._store._adopt(self._tmp, digest, self.size, self._media_type, self._owner)
         finally:
@@ -177,6 +204,11 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop the partial upload."""
         self._done = True
+        if self._held is not None:
+            self._held = []
+        if self._reserved:
+            self._store._unreserve(self._reserved)
+            self._reserved = 0
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -212,6 +244,8 @@ class BlobStore:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
+        self._held: dict[str, bytes] = {}  # blobs held in memory, not (yet) on disk
+        self._held_bytes = 0  # their bytes plus the reservations of held uploads in progress
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -222,10 +256,17 @@ class BlobStore:
         owner: str | None = None,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        in_memory: bool = False,
     ) -> BlobWriter:
-        """Start a streamed upload; ``owner`` (a client name) may read the blob back."""
+        """Start a streamed upload; ``owner`` (a client name) may read the blob back.
+
+        With ``in_memory``, an upload of an announced size up to `HOLD_BLOB_BYTES` is held in memory
+        (while the held blobs fit `HOLD_TOTAL_BYTES`) and written to disk only when its file is asked
+        for or it is published: for uploads deleted soon after (`discard_upload`).
+        """
         if expected_sha256 is not None:
             validate_blob_id(expected_sha256)
+        hold = in_memory and expected_size is not None and self._reserve(expected_size)
         return BlobWriter(
             self,
             media_type=media_type,
@@ -233,7 +274,21 @@ class BlobStore:
             expected_sha256=expected_sha256,
             expected_size=expected_size,
             max_bytes=self.max_blob_bytes,
+            hold=hold,
         )
+
+    def _reserve(self, size: int) -> bool:
+        if size > HOLD_BLOB_BYTES:
+            return False
+        with self._lock:
+            if self._held_bytes + size > HOLD_TOTAL_BYTES:
+                return False
+            self._held_bytes += size
+            return True
+
+    def _unreserve(self, size: int) -> None:
+        with self._lock:
+            self._held_bytes -= size
 
     def put_bytes(self, data: bytes, *, media_type: str = SAFETENSORS_MEDIA_TYPE, owner: str | None = None) -> BlobRef:
         """Store ``data`` and return its reference."""
@@ -268,6 +323,47 @@ class BlobStore:
             self._known[digest] = (meta, size)
         return BlobRef(id=digest, sha256=digest, size=size, media_type=meta.media_type)
 
+    def _adopt_held(self, data: bytes, digest: str, media_type: str, owner: str | None) -> BlobRef:
+        """Keep verified bytes in memory as a blob (or add ``owner`` to the stored blob with that digest)."""
+        with self._lock:
+            known = self._known.get(digest) or self._from_disk(digest)
+            if known is None:
+                meta = _BlobMeta(media_type=media_type, created=time.time())
+                self._held[digest] = data
+                self._held_bytes += len(data)  # the writer's reservation is returned when it closes
+            else:
+                meta = known[0]
+            if owner is not None and owner not in meta.owners:
+                meta.owners.append(owner)
+                if digest not in self._held:
+                    self._write_meta(digest, meta)
+            self._known[digest] = (meta, len(data))
+        return BlobRef(id=digest, sha256=digest, size=len(data), media_type=meta.media_type)
+
+    def _write_held(self, blob_id: str) -> None:
+        """Write a blob held in memory to disk (under the lock); it is then stored like any other."""
+        data = self._held.pop(blob_id, None)
+        if data is None:
+            return
+        self._held_bytes -= len(data)
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="held-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            target = self._blob_path(blob_id)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(name, target)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            self._held[blob_id] = data
+            self._held_bytes += len(data)
+            raise
+        self._write_meta(blob_id, self._known[blob_id][0])
+
+    def held(self, blob_id: str) -> bytes | None:
+        """A blob's bytes if it is held in memory (not written to disk), else ``None``."""
+        return self._held.get(blob_id)
+
     # -- reading ------------------------------------------------------------------------------
 
     def exists(self, blob_id: str) -> bool:
@@ -275,8 +371,14 @@ class BlobStore:
         return bool(_ID_PATTERN.match(blob_id)) and self._lookup(blob_id) is not None
 
     def path(self, blob_id: str) -> Path:
-        """Return the file of a stored blob (read-only use), or raise `NotFound`."""
+        """Return the file of a stored blob (read-only use), or raise `NotFound`.
+
+        A blob held in memory is written to disk first.
+        """
         self._known_or_404(blob_id)
+        if blob_id in self._held:
+            with self._lock:
+                self._write_held(blob_id)
         return self._blob_path(blob_id)
 
     def ref(self, blob_id: str) -> BlobRef:
@@ -290,6 +392,9 @@ class BlobStore:
 
     def read_bytes(self, blob_id: str) -> bytes:
         """Return a stored blob's bytes (small blobs only; prefer `iter_chunks`)."""
+        held = self._held.get(blob_id)
+        if held is not None:
+            return held
         return self.path(blob_id).read_bytes()
 
     def read_cached(self, blob_id: str) -> bytes:
@@ -303,6 +408,9 @@ class BlobStore:
             if data is not None:
                 self._cache.move_to_end(blob_id)
                 return data
+        held = self._held.get(blob_id)
+        if held is not None:
+            return held
         data = self.read_bytes(blob_id)
         if len(data) <= CACHE_BLOB_BYTES:
             with self._cache_lock:
@@ -335,6 +443,7 @@ class BlobStore:
             self._cache_bytes -= len(dropped or b"")
         with self._lock:
             self._known.pop(blob_id, None)
+            self._held_bytes -= len(self._held.pop(blob_id, b""))
             self._blob_path(validate_blob_id(blob_id)).unlink(missing_ok=True)
             self._meta_path(blob_id).unlink(missing_ok=True)
 
@@ -349,8 +458,12 @@ class BlobStore:
             if known is None or known[0].public:
                 return False
             self._known.pop(blob_id, None)
-            self._blob_path(blob_id).unlink(missing_ok=True)
-            self._meta_path(blob_id).unlink(missing_ok=True)
+            held = self._held.pop(blob_id, None)
+            if held is not None:
+                self._held_bytes -= len(held)
+            else:
+                self._blob_path(blob_id).unlink(missing_ok=True)
+                self._meta_path(blob_id).unlink(missing_ok=True)
         with self._cache_lock:
             dropped = self._cache.pop(blob_id, None)
             self._cache_bytes -= len(dropped or b"")
@@ -371,7 +484,10 @@ class BlobStore:
         with self._lock:
             if not meta.public:
                 meta.public = True
-                self._write_meta(blob_id, meta)
+                if blob_id in self._held:  # a published blob lives on disk (its meta is written with it)
+                    self._write_held(blob_id)
+                else:
+                    self._write_meta(blob_id, meta)
 
     def is_public(self, blob_id: str) -> bool:
         """Whether every client may read the blob."""

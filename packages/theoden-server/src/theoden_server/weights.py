@@ -33,6 +33,7 @@ __all__ = [
     "check_layout",
     "iter_tensors",
     "layout_of",
+    "layout_of_bytes",
     "load_tensors",
     "model_names",
     "read_layout",
@@ -83,6 +84,21 @@ def read_layout(path: str | os.PathLike[str]) -> Layout:
             header = safetensors.parse_header(f.read(header_len), size)
         except safetensors.SafetensorsError as exc:
             raise WeightsError(exc.detail) from None
+    return _layout(header)
+
+
+def layout_of_bytes(data: bytes | memoryview) -> Layout:
+    """Parse and check the header of a safetensors file held in memory (see `read_layout`)."""
+    view = memoryview(data)
+    try:
+        header_len = safetensors.header_length(bytes(view[:8]), len(view))
+        header = safetensors.parse_header(bytes(view[8 : 8 + header_len]), len(view))
+    except safetensors.SafetensorsError as exc:
+        raise WeightsError(exc.detail) from None
+    return _layout(header)
+
+
+def _layout(header: safetensors.Header) -> Layout:
     layout = Layout((name, TensorInfo(_DTYPES[e.dtype], e.shape, e.begin, e.end)) for name, e in header.tensors.items())
     layout.data_start = header.data_start
     return layout
@@ -167,8 +183,8 @@ def mapped(path: str | os.PathLike[str], layout: Layout) -> Iterator[mmap.mmap |
 _quiet_frombuffer = False
 
 
-def mapped_tensor(mm: mmap.mmap | None, layout: Layout, name: str) -> torch.Tensor:
-    """A read-only tensor view of one tensor of a `mapped` file (do not keep it past the mapping).
+def mapped_tensor(mm: mmap.mmap | bytes | None, layout: Layout, name: str) -> torch.Tensor:
+    """A read-only tensor view of one tensor of a `mapped` file or of a file's bytes (do not keep it past them).
 
     Writing to it is impossible (the pages are mapped read-only): a write would crash the process,
     so callers only read (``acc.add_(view)``, ``view.clone()``).

@@ -72,3 +72,26 @@ async def test_oversized_upload_is_413(api: Api) -> None:
 async def test_storage_needs_a_token(api: Api) -> None:
     assert (await api.client.get(f"/api/v1/storage/{'0' * 64}")).status_code == 401
     assert (await api.client.put(f"/api/v1/storage/{'0' * 64}", content=b"x")).status_code == 401
+
+
+async def test_a_small_upload_is_held_in_memory_and_still_readable_by_its_owner_only(api: Api) -> None:
+    data = b"held weights" * 1000
+    put = await api.client.put(f"/api/v1/storage/{_sha(data)}", content=data, headers=api.auth("alice"))
+    assert put.status_code == 201, put.text
+
+    store = api.built.store
+    assert store.held(_sha(data)) == data
+    assert not any(p.name == _sha(data) for p in (store.root / "blobs").rglob("*"))  # nothing written
+    get = await api.client.get(f"/api/v1/storage/{_sha(data)}", headers=api.auth("alice"))
+    assert get.status_code == 200 and get.content == data
+    assert (await api.client.get(f"/api/v1/storage/{_sha(data)}", headers=api.auth("bob"))).status_code == 403
+    assert store.held(_sha(data)) == data  # serving it did not write it
+
+
+async def test_uploads_go_to_disk_when_the_server_keeps_them(api: Api) -> None:
+    api.built.server.keep_uploads = True
+    data = b"kept weights" * 1000
+    put = await api.client.put(f"/api/v1/storage/{_sha(data)}", content=data, headers=api.auth("alice"))
+    assert put.status_code == 201, put.text
+    assert api.built.store.held(_sha(data)) is None
+    assert (api.built.store.root / "blobs" / _sha(data)[:2] / _sha(data)).read_bytes() == data

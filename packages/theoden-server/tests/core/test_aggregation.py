@@ -21,7 +21,7 @@ from theoden_server.aggregation import (
     _math,
 )
 from theoden_server.storage import BlobStore
-from theoden_server.weights import load_tensors, read_layout, save_tensors
+from theoden_server.weights import layout_of_bytes, load_tensors, read_layout, save_tensors
 
 
 def result(store: BlobStore, name: str, tensors: dict[str, torch.Tensor], num_samples: int | None) -> ClientResult:
@@ -30,13 +30,26 @@ def result(store: BlobStore, name: str, tensors: dict[str, torch.Tensor], num_sa
     return ClientResult(client=name, blob=ref, path=path, layout=read_layout(path), num_samples=num_samples)
 
 
-def run(aggregator, store: BlobStore, clients, global_tensors=None) -> dict[str, torch.Tensor]:
+def held_result(store: BlobStore, name: str, tensors: dict[str, torch.Tensor], num_samples: int | None) -> ClientResult:
+    """A result whose upload the store holds in memory (as a small REST or broker upload is)."""
+    data = save(tensors)
+    with store.writer(owner=name, expected_size=len(data), in_memory=True) as writer:
+        writer.write(data)
+        ref = writer.commit()
+    held = store.held(ref.id)
+    assert held is not None
+    return ClientResult(
+        client=name, blob=ref, layout=layout_of_bytes(held), num_samples=num_samples, data=held, store=store
+    )
+
+
+def run(aggregator, store: BlobStore, clients, global_tensors=None, make_result=result) -> dict[str, torch.Tensor]:
     context = AggregationContext(round=0)
     if global_tensors is not None:
         ref = store.put_bytes(save(global_tensors))
         context = AggregationContext(round=0, global_model=ref, global_path=store.path(ref.id))
     aggregator.start(context)
-    results = [result(store, f"c{i}", t, n) for i, (t, n) in enumerate(clients)]
+    results = [make_result(store, f"c{i}", t, n) for i, (t, n) in enumerate(clients)]
     if context.layout is None:
         context.layout = results[0].layout
     for r in results:
@@ -195,3 +208,33 @@ def test_math_helpers() -> None:
         _math.weighted_mean([a], [0])
     with pytest.raises(ValueError, match="beta"):
         _math.trimmed_mean([a], 0.5)
+
+
+@pytest.mark.parametrize(
+    "make", [FedAvg, lambda: FedAvg(weighted=False), FedMedian, lambda: TrimmedMean(beta=0.2), FedAdam]
+)
+def test_uploads_held_in_memory_aggregate_exactly_like_uploaded_files(tmp_path: Path, clients, make) -> None:
+    global_tensors = {**clients[0][0], "w": clients[0][0]["w"] * 2}
+    from_files = run(make(), BlobStore(tmp_path / "files"), clients, global_tensors)
+    held_store = BlobStore(tmp_path / "held")
+    from_memory = run(make(), held_store, clients, global_tensors, make_result=held_result)
+
+    assert from_memory.keys() == from_files.keys()
+    for name in from_files:
+        assert torch.equal(from_memory[name], from_files[name]), name
+    uploads = [p for p in (tmp_path / "held" / "blobs").rglob("*") if p.is_file() and not p.name.endswith(".json")]
+    assert len(uploads) == 2  # the global model and the new one: no upload was written to disk
+
+
+def test_a_held_results_tensors_are_copies_and_its_path_writes_the_file(tmp_path: Path, clients) -> None:
+    store = BlobStore(tmp_path / "store")
+    tensors = clients[0][0]
+    held = held_result(store, "c0", tensors, 5)
+
+    loaded = held.load()
+    loaded["w"].add_(1)  # a copy: the held bytes are not touched
+    assert torch.equal(held.tensor("w"), tensors["w"])
+    assert [name for name, _ in held.tensors()] == list(held.layout)
+    assert store.held(held.blob.id) is not None
+    assert load_tensors(held.path).keys() == tensors.keys()  # asking for the file writes it
+    assert store.held(held.blob.id) is None and store.owners(held.blob.id) == ["c0"]

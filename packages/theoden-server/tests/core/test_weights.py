@@ -284,3 +284,69 @@ def test_discarding_an_upload_deletes_it_everywhere_but_never_a_published_blob(t
     assert sorted(p.name for p in (tmp_path / "store" / "blobs").rglob("*") if p.is_file()) == sorted(
         [model.id, f"{model.id}.meta.json"]
     )
+
+
+def _held_upload(store: BlobStore, data: bytes, owner: str, *, size: int | None = -1) -> object:
+    with store.writer(owner=owner, expected_size=len(data) if size == -1 else size, in_memory=True) as writer:
+        writer.write(data)
+        return writer.commit()
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "blobs").rglob("*") if p.is_file())
+
+
+def test_a_small_upload_is_held_in_memory_and_written_only_when_its_file_is_needed(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    data = b"update" * 1000
+    ref = _held_upload(store, data, "alice")
+    again = _held_upload(store, data, "bob")  # the same bytes from another client: one blob, two owners
+
+    assert ref == again and ref.id == hashlib.sha256(data).hexdigest()
+    assert _files(tmp_path / "store") == []  # nothing on disk
+    assert store.held(ref.id) == data and store.read_bytes(ref.id) == data and store.read_cached(ref.id) == data
+    assert store.exists(ref.id) and store.owners(ref.id) == ["alice", "bob"]
+    assert store.can_read(ref.id, "bob") and not store.can_read(ref.id, "carol")
+    assert not BlobStore(tmp_path / "store").exists(ref.id)  # held, so another process cannot see it
+
+    assert store.path(ref.id).read_bytes() == data  # asking for the file writes it (with its metadata)
+    assert store.held(ref.id) is None
+    assert _files(tmp_path / "store") == sorted([ref.id, f"{ref.id}.meta.json"])
+    assert BlobStore(tmp_path / "store").owners(ref.id) == ["alice", "bob"]
+
+    published = _held_upload(store, b"global" * 1000, "alice")
+    store.publish(published.id)  # a published blob lives on disk
+    assert store.held(published.id) is None and BlobStore(tmp_path / "store").is_public(published.id)
+
+
+def test_held_uploads_stay_within_their_budget_and_return_it_when_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from theoden_server import storage
+    from theoden_server.errors import BlobIntegrityError, PayloadTooLarge
+
+    monkeypatch.setattr(storage, "HOLD_TOTAL_BYTES", 2500)
+    monkeypatch.setattr(storage, "HOLD_BLOB_BYTES", 1500)
+    store = BlobStore(tmp_path / "store")
+    first = _held_upload(store, b"a" * 1000, "alice")
+    second = _held_upload(store, b"b" * 1000, "alice")
+    over_budget = _held_upload(store, b"c" * 1000, "alice")  # 3000 > 2500: written instead
+    too_large = _held_upload(store, b"d" * 2000, "alice")  # larger than one held blob may be
+    unannounced = _held_upload(store, b"e" * 10, "alice", size=None)  # size unknown: written
+
+    assert store.held(first.id) is not None and store.held(second.id) is not None
+    assert all(store.held(r.id) is None and store.exists(r.id) for r in (over_budget, too_large, unannounced))
+
+    # failed uploads give their reservation back; a discarded held blob gives its memory back
+    wrong_digest = store.writer(owner="alice", expected_sha256="0" * 64, expected_size=100, in_memory=True)
+    wrong_digest.write(b"x" * 100)
+    with pytest.raises(BlobIntegrityError):
+        wrong_digest.commit()
+    with pytest.raises(PayloadTooLarge), store.writer(owner="alice", expected_size=100, in_memory=True) as w:
+        w.write(b"x" * 101)
+    assert store.discard_upload(first.id) and not store.exists(first.id)
+    third = _held_upload(store, b"f" * 1000, "alice")
+    assert store.held(third.id) is not None  # room again
+    store.delete(second.id)
+    store.delete(third.id)
+    assert store._held_bytes == 0

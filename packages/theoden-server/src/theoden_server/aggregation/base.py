@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from theoden_protocol import BlobRef
 
-from theoden_server.weights import Layout, iter_tensors, load_tensors, read_layout, read_tensor
+from theoden_server.storage import BlobStore
+from theoden_server.weights import Layout, iter_tensors, load_tensors, mapped_tensor, read_layout, read_tensor
 
 __all__ = ["AggregationContext", "AggregationError", "Aggregator", "ClientResult"]
 
@@ -28,28 +29,77 @@ class AggregationError(RuntimeError):
     """An aggregation cannot produce a model (no usable results, missing global model, ...)."""
 
 
-@dataclass(frozen=True, kw_only=True)
 class ClientResult:
-    """One client's upload for a round: its safetensors file, layout and sample count."""
+    """One client's upload for a round: its safetensors weights, layout and sample count.
 
-    client: str
-    blob: BlobRef
-    path: Path
-    layout: Layout
-    num_samples: int | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
+    A small upload may be held in memory by the store (``data``); its file (``path``) is then
+    written only when something asks for it, so aggregators that can should read ``data`` (or use
+    `tensors` / `tensor` / `load`, which do) and fall back to ``path``.
+
+    Args:
+        client: The client that uploaded the weights.
+        blob: The upload's reference.
+        layout: The upload's tensors (checked against the global model).
+        path: The upload's file; without it, ``store`` gives it on first access.
+        num_samples: The client's sample count for this round.
+        metrics: The client's metrics for this round.
+        data: The upload's bytes, when held in memory.
+        store: The store holding the blob (needed when ``path`` is not given).
+    """
+
+    __slots__ = ("_path", "_store", "blob", "client", "data", "layout", "metrics", "num_samples")
+
+    def __init__(
+        self,
+        *,
+        client: str,
+        blob: BlobRef,
+        layout: Layout,
+        path: Path | None = None,
+        num_samples: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        data: bytes | None = None,
+        store: BlobStore | None = None,
+    ) -> None:
+        if path is None and store is None:
+            raise ValueError("a ClientResult needs the upload's path or the store that holds it")
+        self.client = client
+        self.blob = blob
+        self.layout = layout
+        self.num_samples = num_samples
+        self.metrics: Mapping[str, float] = dict(metrics or {})
+        self.data = data
+        self._path = path
+        self._store = store
+
+    @property
+    def path(self) -> Path:
+        """The upload's safetensors file (written from memory first if the store held it there)."""
+        if self._path is None:
+            assert self._store is not None
+            self._path = self._store.path(self.blob.id)
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"ClientResult(client={self.client!r}, blob={self.blob.id[:12]}, num_samples={self.num_samples})"
 
     def tensors(self, *, reuse_buffer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield the client's tensors one at a time (see `iter_tensors` for ``reuse_buffer``)."""
+        if self.data is not None:
+            return ((name, self.tensor(name)) for name in self.layout)
         return iter_tensors(self.path, self.layout, reuse_buffer=reuse_buffer)
 
     def tensor(self, name: str) -> torch.Tensor:
-        """Read one tensor of the client's upload."""
+        """Read one tensor of the client's upload (a copy: safe to keep and modify)."""
+        if self.data is not None:
+            return mapped_tensor(self.data, self.layout, name).clone()
         with self.path.open("rb") as f:
             return read_tensor(f, self.layout, name)
 
     def load(self) -> dict[str, torch.Tensor]:
         """Load every tensor of the upload (memory grows with the model)."""
+        if self.data is not None:
+            return dict(self.tensors())
         return load_tensors(self.path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -40,7 +41,7 @@ class FedAvg(Aggregator):
     """Federated averaging weighted by each client's sample count.
 
     Each upload is folded into a running sum as it arrives, straight from its memory-mapped file
-    (no copy), so server memory is one model-sized sum independent of the number of clients
+    or, for a small upload the store holds in memory, from its bytes (no copy), so server memory is one model-sized sum independent of the number of clients
     (plus the page cache of the one upload being folded), and folding an upload costs about
     what an in-memory ``acc.add_(t, alpha=w)`` does.
     Sums are kept in the global model's floating-point dtype, at least float32 (float16 and
@@ -89,7 +90,8 @@ class FedAvg(Aggregator):
                 if info.dtype.is_floating_point
             }
         try:
-            with mapped(result.path, result.layout) as mm:
+            held = contextlib.nullcontext(result.data) if result.data is not None else None
+            with held or mapped(result.path, result.layout) as mm:
                 for name, info in result.layout.items():
                     tensor = mapped_tensor(mm, result.layout, name)
                     if not info.dtype.is_floating_point:

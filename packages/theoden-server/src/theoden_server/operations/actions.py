@@ -27,6 +27,7 @@ from theoden_server.weights import (
     WeightsError,
     build_model,
     check_layout,
+    layout_of_bytes,
     read_layout,
     save_tensors,
     state_dict_of,
@@ -82,8 +83,9 @@ def client_result(
             weights that do not fit ``reference`` (missing / unknown keys, other shapes).
     """
     blob = upload if upload is not None else owned_upload(server, client, response, blob_name=blob_name)
-    path = server.store.path(blob.id)
-    layout = read_layout(path)
+    data = server.store.held(blob.id)  # a small upload held in memory is read from there, not written
+    path = server.store.path(blob.id) if data is None else None
+    layout = read_layout(path) if path is not None else layout_of_bytes(data or b"")
     if reference is not None:
         check_layout(reference, layout)
     return ClientResult(
@@ -92,7 +94,9 @@ def client_result(
         path=path,
         layout=layout,
         num_samples=response.num_samples,
-        metrics=dict(response.metrics),
+        metrics=response.metrics,
+        data=data,
+        store=server.store,
     )
 
 

@@ -148,9 +148,9 @@ async def download_blob(
     blob_id: FromPath[str], principal: NamedDependency[Principal], ctx: NamedDependency[RestContext]
 ) -> File:
     """Stream a blob the caller may read (the global model; a client's own uploads)."""
-    path, ref = readable_blob(ctx, principal, blob_id)
+    ref = readable_blob(ctx, principal, blob_id)
     return File(
-        path,
+        ctx.store.path(blob_id),
         media_type=ref.media_type,
         headers={"X-Content-SHA256": ref.sha256},
         content_disposition_type="inline",

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -135,7 +134,11 @@ async def receive_blob(
         raise BadRequest("X-Content-SHA256 differs from the blob id in the path")
     media_type = header("content-type") or "application/octet-stream"
     writer = store.writer(
-        media_type=media_type[:128], owner=principal.name, expected_sha256=blob_id, expected_size=length
+        media_type=media_type[:128],
+        owner=principal.name,
+        expected_sha256=blob_id,
+        expected_size=length,
+        in_memory=not ctx.server.keep_uploads,  # uploads deleted after their round need not touch the disk
     )
 
     def finish(last: list[bytes]) -> BlobRef:
@@ -192,13 +195,13 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def readable_blob(ctx: RestContext, principal: Principal, blob_id: str) -> tuple[Path, BlobRef]:
-    """The file and reference of a blob ``principal`` may read (`NotFound`, `Forbidden` otherwise)."""
+def readable_blob(ctx: RestContext, principal: Principal, blob_id: str) -> BlobRef:
+    """The reference of a blob ``principal`` may read (`NotFound`, `Forbidden` otherwise)."""
     store = ctx.store
-    path = store.path(blob_id)
+    ref = store.ref(blob_id)
     if not store.can_read(blob_id, principal.name, is_admin=principal.is_admin):
         raise Forbidden(f"blob {blob_id} is not readable by {principal.name!r}: it is another client's upload")
-    return path, store.ref(blob_id)
+    return ref
 
 
 class FastPath:
@@ -266,10 +269,10 @@ class FastPath:
     async def _download(self, scope: Scope, send: Send, blob_id: str) -> None:
         """``GET /storage/{blob_id}``: a blob the caller may read; small ones in one piece."""
         try:
-            path, ref = readable_blob(self.ctx, authenticate(self.ctx, _header(scope, b"authorization")), blob_id)
+            ref = readable_blob(self.ctx, authenticate(self.ctx, _header(scope, b"authorization")), blob_id)
             # a small blob (the global model, read by every client) comes from memory after its first read
             small = self.ctx.store.read_cached(blob_id) if ref.size <= _INLINE_READ_BYTES else None
-            file = path.open("rb") if small is None else None
+            file = self.ctx.store.open(blob_id) if small is None else None
         except Exception as exc:
             await _send_error(scope, send, exc)
             return
