@@ -1,6 +1,6 @@
 """Profile helper (not a figure): where the wall time of a zero-training round goes, server and clients merged.
 
-``python benchmarks/timeline.py [CLIENTS] [--rounds N] [--show K]``. Runs figure 1's plan with the
+``python benchmarks/timeline.py [CLIENTS] [--rounds N] [--show K] [--distinct]``. Runs figure 1's plan with the
 `server_trace` and `timeline_client` plugins, then prints, for the K rounds closest to the median, every
 span relative to the previous round's completion (ms), and the median over all rounds of each step's
 start and end. Spans are ``CLOCK_MONOTONIC`` times, comparable across the processes of one machine.
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("clients", type=int, nargs="?", default=3)
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--show", type=int, default=2)
+    parser.add_argument("--distinct", action="store_true", help="every upload different (--plugin distinct_uploads)")
     args = parser.parse_args()
     trace_dir = Path(common.new_run_dir("timeline"))
     server_file = trace_dir / "server.jsonl"
@@ -47,7 +48,7 @@ def main() -> None:
         clients=args.clients,
         rounds=args.rounds,
         model=common.MODEL_1MB,
-        client_extra=["--plugin", "timeline_client"],
+        client_extra=["--plugin", "timeline_client", *(["--plugin", "distinct_uploads"] if args.distinct else [])],
     )
     clients = {pid: name for name, pid in run.client_pids.items()}
     spans = [json.loads(line) for f in (server_file, client_file) for line in f.read_text().splitlines()]

@@ -99,3 +99,59 @@ def test_start_server_refuses_plain_http_off_loopback(tmp_path) -> None:  # type
     assert not is_loopback("0.0.0.0")
     with pytest.raises(ValueError, match="refusing plain HTTP on 0.0.0.0"):
         start_server([], "x", host="0.0.0.0", run_dir=tmp_path)
+
+
+def test_watcher_pool_queues_only_what_some_watcher_may_want() -> None:
+    from theoden_server.watchers import WatcherPool
+    from theoden_server.watchers.base import (
+        Notification,
+        RoundCompletedNotification,
+        RunFinishedNotification,
+        TopologyChangeNotification,
+        Watcher,
+    )
+
+    class Recorder(Watcher):
+        notification_types = (RoundCompletedNotification,)
+
+        def __init__(self) -> None:
+            self.seen: list[Notification] = []
+
+        def handle(self, notification: Notification, pool: WatcherPool) -> None:
+            self.seen.append(notification)
+
+    class Picky(Recorder):  # decides per notification: gets every type offered to it
+        def wants(self, notification: Notification) -> bool:
+            return getattr(notification, "client", "") == "b"
+
+    rounds = Recorder()
+    pool = WatcherPool([rounds])
+    queued: list[object] = []
+    put = pool._queue.put
+    pool._queue.put = lambda item, *a, **k: (queued.append(item), put(item, *a, **k))[1]  # type: ignore[method-assign]
+    pool.start()
+    try:
+        pool.notify(TopologyChangeNotification(client="a", change="online"))  # nobody wants it: not queued
+        pool.notify(RoundCompletedNotification(round=1, model=None))
+        late = Recorder()
+        late.notification_types = (TopologyChangeNotification,)
+        pool.add(late)  # now somebody does
+        pool.notify(TopologyChangeNotification(client="a", change="offline"))
+        picky = Picky()
+        pool.add(picky)
+        pool.notify(RunFinishedNotification())
+        pool.notify(TopologyChangeNotification(client="b", change="online"))
+        assert pool.flush(5)
+    finally:
+        pool.stop()
+
+    kinds = [type(item).__name__ for item in queued if isinstance(item, Notification)]
+    assert kinds == [
+        "RoundCompletedNotification",
+        "TopologyChangeNotification",
+        "RunFinishedNotification",
+        "TopologyChangeNotification",
+    ]
+    assert [n.round for n in rounds.seen] == [1]  # type: ignore[attr-defined]
+    assert [n.change for n in late.seen] == ["offline", "online"]  # type: ignore[attr-defined]
+    assert [n.client for n in picky.seen] == ["b"]  # type: ignore[attr-defined]

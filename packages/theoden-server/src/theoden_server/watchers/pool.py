@@ -32,6 +32,8 @@ class WatcherPool:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._deliver_lock = threading.RLock()
+        # notification type -> whether any watcher may want it (recomputed when watchers change)
+        self._wanted: dict[type[Notification], bool] = {}
         self.errors = 0
 
     @property
@@ -44,12 +46,14 @@ class WatcherPool:
         """Register another watcher."""
         with self._lock:
             self._watchers.append(watcher)
+            self._wanted = {}
 
     def remove(self, watcher: Watcher) -> None:
         """Unregister ``watcher`` (missing ones are ignored)."""
         with self._lock:
             if watcher in self._watchers:
                 self._watchers.remove(watcher)
+            self._wanted = {}
 
     def start(self) -> None:
         """Start delivering on a background thread."""
@@ -73,11 +77,29 @@ class WatcherPool:
                 logger.exception("watcher %s failed to close", type(watcher).__name__)
 
     def notify(self, notification: Notification) -> None:
-        """Deliver ``notification`` to every watcher that wants it (queued when started)."""
+        """Deliver ``notification`` to every watcher that wants it (queued when started).
+
+        A notification no watcher wants is dropped at once: the server notifies on every request,
+        and waking the delivery thread for nothing costs more than the request itself.
+        """
         if self._thread is not None:
-            self._queue.put(notification)
+            if self._maybe_wanted(notification):
+                self._queue.put(notification)
         else:
             self._deliver(notification)
+
+    def _maybe_wanted(self, notification: Notification) -> bool:
+        kind = type(notification)
+        wanted = self._wanted.get(kind)
+        if wanted is None:
+            with self._lock:
+                watchers = list(self._watchers)
+                # a watcher with its own `wants` decides per notification, on the delivery thread
+                wanted = any(
+                    type(w).wants is not Watcher.wants or issubclass(kind, w.notification_types) for w in watchers
+                )
+                self._wanted[kind] = wanted
+        return wanted
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued notification was delivered; return whether it was in time."""
