@@ -101,3 +101,38 @@ def test_unregistered_subclass_instances_are_refused_inside_meta_commands() -> N
 
     with pytest.raises(ValueError, match="not a registered command type"):
         tp.Sequential(commands=[Sneaky()])
+
+
+def test_identifiers_are_unique_version_4_uuids_across_threads_and_forks() -> None:
+    import os
+    import threading
+    import uuid
+
+    from theoden_protocol._base import new_uuid
+
+    seen: list[list[str]] = [[] for _ in range(4)]
+
+    def draw(out: list[str]) -> None:
+        out.extend(new_uuid() for _ in range(2000))  # several batches each, drawn concurrently
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    ids = [i for out in seen for i in out]
+    assert len(set(ids)) == len(ids) == 8000
+    assert all(uuid.UUID(hex=i).version == 4 and len(i) == 32 for i in ids[:100])
+
+    if hasattr(os, "fork"):  # a forked child must not repeat what its parent will hand out next
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.write(write, new_uuid().encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        child = os.read(read, 64).decode()
+        os.close(read)
+        assert child != new_uuid()
+        assert len(child) == 32

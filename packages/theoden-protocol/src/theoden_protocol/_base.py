@@ -8,6 +8,7 @@ family changes and otherwise reused.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid as _uuid
@@ -33,9 +34,33 @@ _PATH_SUFFIX: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 T = TypeVar("T", bound=type)
 
 
+#: Identifiers drawn from the system's random source at a time (one system call instead of one each).
+_UUID_BATCH: Final = 256
+_uuids: list[str] = []
+_uuids_lock = threading.Lock()
+
+
+def _refill_uuids() -> None:
+    with _uuids_lock:
+        if not _uuids:
+            raw = os.urandom(16 * _UUID_BATCH)
+            _uuids.extend(_uuid.UUID(bytes=raw[i : i + 16], version=4).hex for i in range(0, len(raw), 16))
+
+
 def new_uuid() -> str:
-    """Return a fresh random identifier (32 hex characters) for a command or a message."""
-    return _uuid.uuid4().hex
+    """Return a fresh random identifier (a version-4 UUID as 32 hex characters) for a command or a message.
+
+    As random as `uuid.uuid4` (``os.urandom``), drawn in batches; a forked child starts a batch of its own.
+    """
+    while True:
+        try:
+            return _uuids.pop()  # atomic: no two threads get the same one
+        except IndexError:
+            _refill_uuids()
+
+
+if hasattr(os, "register_at_fork"):  # a child must not hand out its parent's identifiers again
+    os.register_at_fork(after_in_child=_uuids.clear)
 
 
 class WireStruct(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
