@@ -238,3 +238,20 @@ def test_a_held_results_tensors_are_copies_and_its_path_writes_the_file(tmp_path
     assert store.held(held.blob.id) is not None
     assert load_tensors(held.path).keys() == tensors.keys()  # asking for the file writes it
     assert store.held(held.blob.id) is None and store.owners(held.blob.id) == ["c0"]
+
+
+def test_fedavg_reuses_its_running_sums_across_rounds_and_stays_exact(tmp_path: Path, clients) -> None:
+    store = BlobStore(tmp_path / "store")
+    aggregator = FedAvg()
+    first = run(aggregator, store, clients)
+    buffer = aggregator._spare["w"].data_ptr()
+    doubled = [({**t, "w": t["w"] * 2}, n) for t, n in clients]
+
+    second = run(aggregator, store, doubled)  # same layout: the same memory, every element overwritten
+
+    assert aggregator._spare["w"].data_ptr() == buffer
+    torch.testing.assert_close(second["w"], first["w"] * 2, rtol=1e-6, atol=1e-6)
+    assert torch.equal(second["h"], first["h"])
+    other = [({"w": torch.ones(2, 2)}, 1), ({"w": torch.zeros(2, 2)}, 1)]
+    third = run(aggregator, store, other)  # another shape: a fresh buffer
+    assert torch.equal(third["w"], torch.full((2, 2), 0.5))

@@ -50,7 +50,10 @@ class FedAvg(Aggregator):
     ``n * 6e-8`` for ``n`` clients in the worst case), far below what one local step changes.
     Non-float tensors (e.g. BatchNorm's integer ``num_batches_tracked``) are never averaged:
     integers take the element-wise maximum over clients, booleans the first client's value.
-    Results are written in the global model's dtypes.
+    Results are written in the global model's dtypes. The running sums' memory is reused from round
+    to round (a fresh 100 MB buffer costs ~30 ms of page faults on a typical VM before the first add),
+    so the tensors `aggregate` returns are valid until the next round starts: a subclass that keeps
+    one past its round must clone it.
 
     Args:
         weighted: Weight by ``num_samples`` (a result without one is rejected); ``False`` gives
@@ -64,6 +67,7 @@ class FedAvg(Aggregator):
         self._others: dict[str, torch.Tensor] = {}
         self._total = 0.0
         self._broken: str | None = None
+        self._spare: dict[str, torch.Tensor] = {}  # last round's running sums, reused when shapes match
 
     def start(self, context: AggregationContext) -> None:
         """Reset the running sums for a new round."""
@@ -85,10 +89,11 @@ class FedAvg(Aggregator):
         if first:  # allocate every running sum at once: no heap fragmentation between uploads
             reference = self.context.layout or result.layout
             self._sums = {
-                name: torch.empty(info.shape, dtype=accumulator_dtype(reference.get(name, info).dtype))
+                name: self._buffer(name, info.shape, accumulator_dtype(reference.get(name, info).dtype))
                 for name, info in result.layout.items()
                 if info.dtype.is_floating_point
             }
+            self._spare = {}
         try:
             held = contextlib.nullcontext(result.data) if result.data is not None else None
             with held or mapped(result.path, result.layout) as mm:
@@ -109,8 +114,14 @@ class FedAvg(Aggregator):
         self._total += weight
         self._count += 1
 
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        spare = self._spare.get(name)
+        if spare is not None and tuple(spare.shape) == tuple(shape) and spare.dtype == dtype:
+            return spare  # every element is overwritten by the first add
+        return torch.empty(shape, dtype=dtype)
+
     def aggregate(self) -> Mapping[str, torch.Tensor]:
-        """Return the weighted means (computed lazily as the server writes them)."""
+        """Return the weighted means (computed lazily as the server writes them; valid until the next round)."""
         if self._broken:
             raise AggregationError(self._broken)
         if self._count == 0:
@@ -118,6 +129,7 @@ class FedAvg(Aggregator):
         if self._total <= 0:
             raise AggregationError("the results' sample counts add up to 0; nothing to weight by")
         sums, self._sums = self._sums, {}
+        self._spare = dict(sums)
         return _MeanMapping(sums, self._others, self._total)
 
     def describe(self) -> dict[str, Any]:
