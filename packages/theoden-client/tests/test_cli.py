@@ -88,6 +88,36 @@ def test_exactly_one_of_server_and_rabbitmq(capsys: pytest.CaptureFixture[str], 
     assert "exactly one of --server" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--server", "localhost:8000"], "a server URL starts with http:// or https://, got 'localhost:8000'"),
+        (["--rabbitmq", "http://broker"], "a broker URL starts with amqp:// or amqps://"),
+        (["--server", "https://fl:8443", "--ca-cert", "nowhere.pem"], "CA bundle nowhere.pem not found"),
+        (["--server", "https://fl:8443", "--ca-cert", "{bad}"], "cannot use CA bundle"),
+        (
+            ["--server", "http://fl", "--plugin", "no_such_plugin_module"],
+            "cannot import plugin 'no_such_plugin_module'",
+        ),
+    ],
+)
+def test_bad_settings_are_one_line_errors_not_tracebacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    monkeypatch.setenv("PW", "p")
+    args = [arg.replace("{bad}", str(bad)) for arg in extra]
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*args, "--username", "u", "--password-env", "PW"])
+
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
 def test_plugins_are_imported_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured: dict[str, Any]) -> None:
     (tmp_path / "site_plugin_for_test.py").write_text("import os\nos.environ['PLUGIN_LOADED'] = '1'\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give exactly one of --server URL (REST) or --rabbitmq URL (broker)")
     password = read_password(args)
     for module in args.plugin:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            parser.exit(2, f"theoden-client: cannot import plugin {module!r}: {exc}\n")
+    if args.ca_cert and not Path(args.ca_cert).is_file():
+        parser.exit(2, f"theoden-client: CA bundle {args.ca_cert} not found\n")
     try:
         reason = start_client(
             args.server,
@@ -107,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TheodenError as exc:
         logger.error("%s", exc)
         return 1
+    except ValueError as exc:  # settings the transport refused (a URL without http:// or https://, ...)
+        parser.exit(2, f"theoden-client: {exc}\n")
+    except ssl.SSLError as exc:
+        parser.exit(2, f"theoden-client: cannot use CA bundle {args.ca_cert}: {exc}\n")
     except KeyboardInterrupt:
         return 130
     logger.info("client stopped: %s", reason)
