@@ -163,10 +163,16 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+#: Run directories made by this process (`run.py` deletes them after each figure unless ``--keep-runs``).
+RUN_DIRS: list[Path] = []
+
+
 def new_run_dir(name: str) -> Path:
     base = Path(os.environ.get("BENCH_RUNS", tempfile.gettempdir())) / "theoden-bench"
     base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+    RUN_DIRS.append(path)
+    return path
 
 
 def make_users(run_dir: Path, names: list[str]) -> Path:

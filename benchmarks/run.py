@@ -1,4 +1,4 @@
-"""TheODen benchmark suite runner: ``hatch run bench [--quick] [--only 1,2,...] [--out DIR]``.
+"""TheODen benchmark suite runner: ``hatch run bench [--quick] [--only 1,2,...] [--out DIR] [--keep-runs]``.
 
 Runs each figure's module (real server and client processes on loopback), writes the results as JSON
 (``benchmarks/results/<date>-<mode>.json``) and a Markdown table with each target beside its measured value
@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated figures, e.g. 1,5")
     parser.add_argument("--out", type=Path, default=common.BENCH / "results")
     parser.add_argument("--repeat", type=int, default=1, help="run each figure N times; report each value's median")
+    parser.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="keep each run's directory (logs, blobs; several GB per full run) instead of deleting it after its figure",
+    )
     args = parser.parse_args(argv)
     wanted = [f for f in FIGURES if not args.only or f in args.only.split(",")]
     mode = "quick" if args.quick else "full"
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                     [common.metric(figure, f"{module.__name__} failed", None, "", note=f"{type(exc).__name__}: {exc}")]
                 )
         rows = _combine(attempts)
+        if not args.keep_runs:  # a full run writes several GB of weights: gone once the figure is measured
+            while common.RUN_DIRS:
+                shutil.rmtree(common.RUN_DIRS.pop(), ignore_errors=True)
         load = os.getloadavg()
         for row in rows:
             row["seconds_to_measure"] = time.monotonic() - started
