@@ -85,8 +85,10 @@ class BlobWriter:
         expected_size: int | None,
         max_bytes: int,
         hold: bool = False,
+        public: bool = False,
     ) -> None:
         self._store = store
+        self._public = public
         self._media_type = media_type
         self._owner = owner
         self._expected_sha256 = expected_sha256
@@ -197,7 +199,7 @@ class BlobWriter:
                 data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
                 return self._store._adopt_held(data, digest, self._media_type, self._owner)
             assert self._tmp is not None
-            return self._store._adopt(self._tmp, digest, self.size, self._media_type, self._owner)
+            return self._store._adopt(self._tmp, digest, self.size, self._media_type, self._owner, self._public)
         finally:
             self.abort()  # the file moved into place, or is dropped
 
@@ -257,8 +259,12 @@ class BlobStore:
         expected_sha256: str | None = None,
         expected_size: int | None = None,
         in_memory: bool = False,
+        public: bool = False,
     ) -> BlobWriter:
         """Start a streamed upload; ``owner`` (a client name) may read the blob back.
+
+        ``public`` publishes the blob as it is committed (one metadata write instead of two), as
+        `publish` would.
 
         With ``in_memory``, an upload of an announced size up to `HOLD_BLOB_BYTES` is held in memory
         (while the held blobs fit `HOLD_TOTAL_BYTES`) and written to disk only when its file is asked
@@ -274,7 +280,8 @@ class BlobStore:
             expected_sha256=expected_sha256,
             expected_size=expected_size,
             max_bytes=self.max_blob_bytes,
-            hold=hold,
+            hold=hold and not public,
+            public=public,
         )
 
     def _reserve(self, size: int) -> bool:
@@ -305,20 +312,30 @@ class BlobStore:
                 writer.write(chunk)
             return writer.commit()
 
-    def _adopt(self, tmp: Path, digest: str, size: int, media_type: str, owner: str | None) -> BlobRef:
+    def _adopt(
+        self, tmp: Path, digest: str, size: int, media_type: str, owner: str | None, public: bool = False
+    ) -> BlobRef:
         with self._lock:  # looked up under the lock: two uploads of the same bytes must not both create it
             known = self._known.get(digest) or self._from_disk(digest)
             if known is None:
-                meta = _BlobMeta(media_type=media_type, created=time.time())
+                meta = _BlobMeta(media_type=media_type, created=time.time(), public=public)
                 target = self._blob_path(digest)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
             else:  # the same bytes again (e.g. another client's identical weights): stored once
                 meta = known[0]
+                if digest in self._held:  # published blobs live on disk: this copy replaces the held one
+                    target = self._blob_path(digest)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, target)
+                    self._held_bytes -= len(self._held.pop(digest))
+                    known = None  # its metadata is written below
             new_owner = owner if owner is not None and owner not in meta.owners else None
             if new_owner is not None:
                 meta.owners.append(new_owner)
-            if known is None or new_owner is not None:
+            newly_public = public and not meta.public
+            meta.public = meta.public or public
+            if known is None or new_owner is not None or newly_public:
                 self._write_meta(digest, meta)
             self._known[digest] = (meta, size)
         return BlobRef(id=digest, sha256=digest, size=size, media_type=meta.media_type)

@@ -249,15 +249,17 @@ def save_tensors(
     *,
     layout: Mapping[str, TensorInfo] | None = None,
     metadata: Mapping[str, str] | None = None,
+    public: bool = False,
 ) -> BlobRef:
     """Stream ``tensors`` into ``store`` as one safetensors blob, tensor by tensor, and return its reference.
 
     With ``layout`` the output has exactly that layout: each tensor is looked up by name (so a
     lazy mapping can produce it just in time), checked for shape and cast to the layout's dtype.
+    ``public`` publishes the blob as it is stored (a new global model).
     """
     layout = layout_of(tensors) if layout is None else layout
     head, names = _header(layout, metadata)
-    with store.writer() as writer:
+    with store.writer(public=public) as writer:
         writer.write(head)
         for name in names:
             info = layout[name]

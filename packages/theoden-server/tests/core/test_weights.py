@@ -350,3 +350,26 @@ def test_held_uploads_stay_within_their_budget_and_return_it_when_gone(
     store.delete(second.id)
     store.delete(third.id)
     assert store._held_bytes == 0
+
+
+def test_a_blob_stored_public_is_published_with_one_metadata_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "store")
+    writes: list[str] = []
+    original = store._write_meta
+    monkeypatch.setattr(store, "_write_meta", lambda blob_id, meta: (writes.append(blob_id), original(blob_id, meta)))
+
+    ref = save_tensors(store, tensors(), public=True)
+    store.publish(ref.id)  # already public: nothing to write
+
+    assert writes == [ref.id]
+    assert BlobStore(tmp_path / "store").is_public(ref.id)
+    held = _held_upload(store, b"same as a later public blob" * 10, "alice")
+    with store.writer(public=True) as writer:  # the same bytes stored public: on disk now, not held
+        writer.write(b"same as a later public blob" * 10)
+        again = writer.commit()
+    assert again.id == held.id and store.held(held.id) is None  # type: ignore[attr-defined]
+    fresh = BlobStore(tmp_path / "store")
+    assert fresh.is_public(held.id) and fresh.owners(held.id) == ["alice"]  # type: ignore[attr-defined]
+    assert store._held_bytes == 0

@@ -118,7 +118,9 @@ class InitGlobalModel(Action):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             state = state_dict_of(build_model(self.model))
-        ref = save_tensors(server.store, state, metadata={"model": self.model.name, "seed": str(self.seed)})
+        ref = save_tensors(
+            server.store, state, metadata={"model": self.model.name, "seed": str(self.seed)}, public=True
+        )
         server.set_global_model(ref, source=f"model spec {self.model.name!r}")
 
 
@@ -243,7 +245,7 @@ class Aggregation(Action):
             tensors = self.aggregator.aggregate()
             layout = self.aggregator.context.layout
             metadata = {"round": str(self.round), "aggregator": self.aggregator.name}
-            ref = save_tensors(server.store, tensors, layout=layout, metadata=metadata)
+            ref = save_tensors(server.store, tensors, layout=layout, metadata=metadata, public=True)
         except (AggregationError, WeightsError) as exc:
             server.fail(f"round {self.round}: {self.aggregator.name} could not aggregate: {exc}")
             return
