@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 CHUNK_SIZE: Final = 4 * 1024 * 1024
 #: Most uploads one client may have announced and not completed at a time.
 MAX_PENDING_UPLOADS: Final = 8
+#: Seconds an upload may stay held in memory unused before it is written to disk (at least twice the
+#: heartbeat timeout).
+HELD_UPLOAD_SECONDS: Final = 60.0
 
 RequestHandler = Callable[["Server", ServerRequest, str], ServerResponse]
 
@@ -191,6 +195,10 @@ class Server:
 
     def _check_loop(self) -> None:
         interval = max(0.01, min(self.topology.heartbeat_timeout / 4, self.heartbeat_interval, 1.0))
+        # an upload held in memory this long was never used (its client died before reporting it, or its
+        # round is slow): written to disk, so that such uploads cannot use up the memory budget for good
+        spill_after = max(HELD_UPLOAD_SECONDS, 2 * self.topology.heartbeat_timeout)
+        next_spill = time.monotonic() + spill_after / 4
         while not self._stop.wait(interval):
             try:
                 for client in self.topology.expire():
@@ -198,6 +206,10 @@ class Server:
                     self.operations.client_lost(client, f"client went silent for more than {timeout:g} s")
                     self._topology_changed(client, "offline")
                 self.operations.tick()
+                if time.monotonic() >= next_spill:
+                    next_spill = time.monotonic() + spill_after / 4
+                    if spilled := self.store.spill_held(spill_after):
+                        logger.info("wrote %d upload(s) unused for %.0f s from memory to disk", spilled, spill_after)
             except Exception:
                 logger.exception("heartbeat check failed")
 

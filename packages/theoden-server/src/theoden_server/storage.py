@@ -377,6 +377,19 @@ class BlobStore:
             raise
         self._write_meta(blob_id, self._known[blob_id][0])
 
+    def spill_held(self, older_than: float) -> int:
+        """Write to disk the blobs held in memory for more than ``older_than`` seconds; return how many.
+
+        A held upload is normally used and deleted within its round; one its client never reported (it
+        crashed after uploading) would otherwise keep its memory, and the budget, for good.
+        """
+        deadline = time.time() - older_than
+        with self._lock:
+            stale = [blob_id for blob_id in self._held if self._known[blob_id][0].created < deadline]
+            for blob_id in stale:
+                self._write_held(blob_id)
+        return len(stale)
+
     def held(self, blob_id: str) -> bytes | None:
         """A blob's bytes if it is held in memory (not written to disk), else ``None``."""
         return self._held.get(blob_id)

@@ -286,3 +286,22 @@ def test_subscribers_hear_when_a_command_may_be_available(make_server, global_fi
     # Assert
     assert "a" in heard
     assert len(heard) == count
+
+
+def test_the_server_writes_out_uploads_held_in_memory_that_nobody_used(
+    make_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from theoden_server import server as server_module
+
+    from ._harness import wait_for
+
+    monkeypatch.setattr(server_module, "HELD_UPLOAD_SECONDS", 0.05)
+    server = make_server(heartbeat_timeout=0.1, heartbeat_interval=0.02)
+    with server.store.writer(owner="crashed-client", expected_size=1000, in_memory=True) as writer:
+        writer.write(b"z" * 1000)
+        ref = writer.commit()
+    assert server.store.held(ref.id) is not None
+
+    wait_for(lambda: server.store.held(ref.id) is None, timeout=5)
+
+    assert server.store.exists(ref.id) and server.store.path(ref.id).read_bytes() == b"z" * 1000

@@ -373,3 +373,18 @@ def test_a_blob_stored_public_is_published_with_one_metadata_write(
     fresh = BlobStore(tmp_path / "store")
     assert fresh.is_public(held.id) and fresh.owners(held.id) == ["alice"]  # type: ignore[attr-defined]
     assert store._held_bytes == 0
+
+
+def test_held_uploads_unused_for_long_are_written_to_disk_and_free_their_memory(tmp_path: Path) -> None:
+    import time
+
+    store = BlobStore(tmp_path / "store")
+    data = b"never reported" * 100
+    ref = _held_upload(store, data, "alice")
+
+    assert store.spill_held(3600) == 0 and store.held(ref.id) == data  # type: ignore[attr-defined]
+    time.sleep(0.01)
+    assert store.spill_held(0.001) == 1
+    assert store.held(ref.id) is None and store._held_bytes == 0  # type: ignore[attr-defined]
+    fresh = BlobStore(tmp_path / "store")
+    assert fresh.read_bytes(ref.id) == data and fresh.owners(ref.id) == ["alice"]  # type: ignore[attr-defined]
