@@ -147,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", type=Path, metavar="DIR", help="where the run's metrics, models and logs go")
     run.add_argument("--rabbitmq", metavar="URL", help="also serve clients through this RabbitMQ broker")
     run.add_argument(
+        "--rabbitmq-ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA bundle that signed the amqps:// broker's certificate (default: the system's CAs)",
+    )
+    run.add_argument(
+        "--rabbitmq-admin-user",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="broker user of an operator's tool (not a client) that may read any blob (repeatable)",
+    )
+    run.add_argument(
         "--jwt-secret-file",
         type=Path,
         metavar="F",
@@ -300,9 +313,15 @@ def _certs_create(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise CliError("give both --ssl-certfile and --ssl-keyfile, or neither", exit_code=EXIT_USAGE)
-    for option, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+    for option, path in (
+        ("--ssl-certfile", args.ssl_certfile),
+        ("--ssl-keyfile", args.ssl_keyfile),
+        ("--rabbitmq-ca-file", args.rabbitmq_ca_file),
+    ):
         if path is not None and not path.is_file():
             raise CliError(f"{option}: file not found: {path}", exit_code=EXIT_USAGE)
+    if args.rabbitmq is None and (args.rabbitmq_ca_file is not None or args.rabbitmq_admin_user):
+        raise CliError("--rabbitmq-ca-file and --rabbitmq-admin-user need --rabbitmq URL", exit_code=EXIT_USAGE)
     from theoden_server.security import is_loopback  # the same rule start_server applies
 
     if args.ssl_certfile is None and not is_loopback(args.host) and not args.insecure_http:
@@ -344,6 +363,11 @@ def _run(args: argparse.Namespace) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         rabbitmq=args.rabbitmq,
+        **(
+            {"rabbitmq_ca_file": args.rabbitmq_ca_file, "rabbitmq_admin_users": args.rabbitmq_admin_user}
+            if args.rabbitmq_ca_file is not None or args.rabbitmq_admin_user
+            else {}
+        ),
         run_dir=args.run_dir,
         exit_on_finish=not args.no_exit_on_finish,
         jwt_secret_file=jwt_secret_file,

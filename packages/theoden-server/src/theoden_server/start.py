@@ -159,6 +159,8 @@ def start_server(
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile: str | os.PathLike[str] | None = None,
     rabbitmq: str | None = None,
+    rabbitmq_ca_file: str | os.PathLike[str] | None = None,
+    rabbitmq_admin_users: Sequence[str] = (),
     run_dir: str | os.PathLike[str] | None = None,
     exit_on_finish: bool = True,
     finish_grace: float = 3.0,
@@ -190,6 +192,8 @@ def start_server(
         ssl_certfile: PEM certificate chain: serve HTTPS.
         ssl_keyfile: PEM private key of the certificate.
         rabbitmq: AMQP URL to also serve clients through a RabbitMQ broker.
+        rabbitmq_ca_file: CA bundle that signed an ``amqps://`` broker's certificate (default: system CAs).
+        rabbitmq_admin_users: broker users (operators' tools, not clients) that may read any blob.
         run_dir: where everything the run produces lands (default ``runs/<run_name>``).
         exit_on_finish: stop serving once the plan is done (after ``finish_grace`` seconds).
         finish_grace: seconds to keep serving after the plan is done, so clients get their exit.
@@ -219,6 +223,8 @@ def start_server(
     torch.set_num_threads(max(1, int(os.environ.get("THEODEN_TORCH_THREADS", "1"))))
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile")
+    if rabbitmq_ca_file is not None and not Path(rabbitmq_ca_file).is_file():
+        raise ValueError(f"RabbitMQ CA bundle {rabbitmq_ca_file} not found")
     if ssl_certfile is None and not insecure_http and not is_loopback(host):
         raise ValueError(
             f"refusing plain HTTP on {host}: passwords and tokens would travel unencrypted; give ssl_certfile and"
@@ -248,67 +254,72 @@ def start_server(
     handler = _log_to_run_dir(built.run_dir, level)
     server = built.server
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    bound_port = sock.getsockname()[1]
-    tls = ssl_certfile is not None
-    url = f"{'https' if tls else 'http'}://{host if ':' not in host else f'[{host}]'}:{bound_port}"
-    config = uvicorn.Config(
-        built.app,
-        ssl_certfile=os.fspath(ssl_certfile) if ssl_certfile else None,
-        ssl_keyfile=os.fspath(ssl_keyfile) if ssl_keyfile else None,
-        log_level=log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-        timeout_keep_alive=75,
-        backlog=2048,
-        access_log=False,
-    )
-    web = uvicorn.Server(config)
-
+    sock: socket.socket | None = None
     amqp = None
-    if rabbitmq is not None:
-        from theoden_server.messaging import RabbitMQInterface
+    frozen = False
+    try:  # whatever fails on the way (a port in use, a broker setting) leaves nothing running behind
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        bound_port = sock.getsockname()[1]
+        tls = ssl_certfile is not None
+        url = f"{'https' if tls else 'http'}://{host if ':' not in host else f'[{host}]'}:{bound_port}"
+        config = uvicorn.Config(
+            built.app,
+            ssl_certfile=os.fspath(ssl_certfile) if ssl_certfile else None,
+            ssl_keyfile=os.fspath(ssl_keyfile) if ssl_keyfile else None,
+            log_level=log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=75,
+            backlog=2048,
+            access_log=False,
+        )
+        web = uvicorn.Server(config)
 
-        amqp = RabbitMQInterface(server, url=rabbitmq)
+        if rabbitmq is not None:
+            from theoden_server.messaging import RabbitMQInterface
 
-    def stop_when_finished() -> None:
-        server.finished.wait()
-        if server.failed:
-            logger.error("run %s failed: %s", run_name, server.failed)
-        else:
-            logger.info("run %s finished; stopping in %.1f s", run_name, finish_grace)
-        time.sleep(finish_grace)
-        web.should_exit = True
+            amqp = RabbitMQInterface(server, url=rabbitmq, ca_file=rabbitmq_ca_file, admin_users=rabbitmq_admin_users)
 
-    server.start()
-    if amqp is not None:
-        amqp.start()
-    if exit_on_finish:
-        threading.Thread(target=stop_when_finished, name="theoden-finish", daemon=True).start()
-    endpoint = ServerEndpoint(url=url, host=host, port=bound_port, tls=tls, pid=os.getpid())
-    (built.run_dir / "endpoint.json").write_bytes(msgspec.json.encode(endpoint))
-    logger.info("serving run %s at %s (run directory %s)", run_name, url, built.run_dir)
-    if threading.current_thread() is threading.main_thread():
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
-        # previous handler; a quiet handler turns a requested stop into a normal exit (code 0).
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _note_stop_signal)
-    # Everything alive now (the libraries, the plan, the app) lives as long as the server: moving it out of
-    # the cyclic collector's reach turns its full collections from ~150 ms pauses into short ones.
-    gc.collect()  # what is garbage already is freed, not frozen
-    gc.freeze()
-    try:
+        def stop_when_finished() -> None:
+            server.finished.wait()
+            if server.failed:
+                logger.error("run %s failed: %s", run_name, server.failed)
+            else:
+                logger.info("run %s finished; stopping in %.1f s", run_name, finish_grace)
+            time.sleep(finish_grace)
+            web.should_exit = True
+
+        server.start()
+        if amqp is not None:
+            amqp.start()
+        if exit_on_finish:
+            threading.Thread(target=stop_when_finished, name="theoden-finish", daemon=True).start()
+        endpoint = ServerEndpoint(url=url, host=host, port=bound_port, tls=tls, pid=os.getpid())
+        (built.run_dir / "endpoint.json").write_bytes(msgspec.json.encode(endpoint))
+        logger.info("serving run %s at %s (run directory %s)", run_name, url, built.run_dir)
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
+            # previous handler; a quiet handler turns a requested stop into a normal exit (code 0).
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, _note_stop_signal)
+        # Everything alive now (the libraries, the plan, the app) lives as long as the server: moving it out of
+        # the cyclic collector's reach turns its full collections from ~150 ms pauses into short ones.
+        gc.collect()  # what is garbage already is freed, not frozen
+        gc.freeze()
+        frozen = True
         web.run(sockets=[sock])
     finally:
-        gc.unfreeze()
+        if frozen:
+            gc.unfreeze()
         if amqp is not None:
             with contextlib.suppress(Exception):
                 amqp.stop()
         server.stop()
-        sock.close()
+        if sock is not None:
+            sock.close()
         logging.getLogger().removeHandler(handler)
         handler.close()
         logger.info("server stopped; results are in %s", built.run_dir)

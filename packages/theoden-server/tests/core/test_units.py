@@ -101,6 +101,48 @@ def test_start_server_refuses_plain_http_off_loopback(tmp_path) -> None:  # type
         start_server([], "x", host="0.0.0.0", run_dir=tmp_path)
 
 
+def test_start_server_hands_the_broker_settings_to_the_rabbitmq_interface(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    from theoden_server import messaging
+    from theoden_server.start import start_server
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_interface(server, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(messaging, "RabbitMQInterface", fake_interface)
+    from theoden_server.security import UsersFile
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    users = UsersFile(tmp_path / "users.toml")
+    users.save()
+    url = "amqps://srv:pw@broker/run"
+    with pytest.raises(ValueError, match="RabbitMQ CA bundle .* not found"):
+        start_server([], "x", port=0, run_dir=tmp_path / "a", rabbitmq=url, rabbitmq_ca_file=tmp_path / "no.pem")
+    with pytest.raises(Stop):
+        start_server(
+            [],
+            "x",
+            port=0,
+            users=users.path,
+            run_dir=tmp_path / "b",
+            rabbitmq=url,
+            rabbitmq_ca_file=ca,
+            rabbitmq_admin_users=["ops"],
+        )
+    assert seen == {"url": url, "ca_file": ca, "admin_users": ["ops"]}
+    import logging
+
+    leftover = [h for h in logging.getLogger().handlers if str(tmp_path) in str(getattr(h, "baseFilename", ""))]
+    assert leftover == []  # the failed start removed its log handler (and closed its socket)
+
+
 def test_watcher_pool_queues_only_what_some_watcher_may_want() -> None:
     from theoden_server.watchers import WatcherPool
     from theoden_server.watchers.base import (

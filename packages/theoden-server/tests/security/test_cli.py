@@ -291,6 +291,44 @@ def test_run_insecure_http_is_allowed_explicitly(
     assert fake_start[0][1]["host"] == "0.0.0.0"
 
 
+def test_run_passes_the_brokers_ca_file_and_admin_users(
+    tmp_path: Path, users_file: Path, fake_start: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    plan = write_plan(tmp_path, "instructions = [1]\n")
+    ca = tmp_path / "broker-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    broker = ["--rabbitmq", "amqps://srv:pw@broker:5671/run1"]
+    admins = ["--rabbitmq-admin-user", "ops", "--rabbitmq-admin-user", "audit"]
+    args = ["run", str(plan), "--users", str(users_file), *broker, "--rabbitmq-ca-file", str(ca), *admins]
+
+    assert main(args) == 0
+
+    kwargs = fake_start[0][1]
+    assert kwargs["rabbitmq_ca_file"] == ca
+    assert kwargs["rabbitmq_admin_users"] == ["ops", "audit"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rabbitmq-admin-user", "ops"], "need --rabbitmq URL"),
+        (["--rabbitmq", "amqp://b", "--rabbitmq-ca-file", "missing.pem"], "--rabbitmq-ca-file: file not found"),
+    ],
+)
+def test_run_refuses_broker_options_it_cannot_use(
+    tmp_path: Path,
+    users_file: Path,
+    fake_start: list[Any],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    plan = write_plan(tmp_path, "instructions = [1]\n")
+    assert main(["run", str(plan), "--users", str(users_file), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert fake_start == []
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_run_keeps_uploads_only_when_asked(
     tmp_path: Path, users_file: Path, fake_start: list[tuple[tuple[Any, ...], dict[str, Any]]], keep: bool
