@@ -117,7 +117,14 @@ def build_server(
         open_distribution=open_distribution,
         watchers=_with_defaults(
             [*(watchers or ()), *(watcher or ())],
-            [MetricCollector(), BestModelDetector(), BestModelSaver(), LoggingWatcher()] if default_watchers else [],
+            [
+                MetricCollector(),
+                BestModelDetector.for_plan(instructions, open_distribution),
+                BestModelSaver(),
+                LoggingWatcher(),
+            ]
+            if default_watchers
+            else [],
         ),
         heartbeat_timeout=heartbeat_timeout,
         heartbeat_interval=heartbeat_interval,

@@ -471,3 +471,33 @@ def test_a_rounds_uploads_are_deleted_once_it_is_aggregated_unless_kept(
     for model in [*(t.commands[0].blob for t in trainings), server.global_model]:
         assert server.store.exists(model.id) and server.store.is_public(model.id)
     assert foreign is not None and server.store.exists(foreign.id)
+
+
+def test_the_default_best_model_detector_follows_the_plans_choosing_metric(tmp_path: Path) -> None:
+    from theoden_protocol import LossSpec, MetricSpec, SetLosses
+    from theoden_server.start import build_server
+
+    losses = SetLosses(
+        losses=[LossSpec(name="cross_entropy")],
+        metrics=[MetricSpec(name="f1")],
+        choosing_metric="f1",
+        higher_is_better=True,
+    )
+    by_loss = SetLosses(losses=[LossSpec(name="cross_entropy")], choosing_metric="loss", higher_is_better=False)
+    setup = ClosedDistribution(Sequential(commands=[LoadDataset(dataset=DatasetSpec(name="synthetic")), losses]))
+    rounds = MultiRoundTraining(2, steps=1, val_split="holdout")
+
+    chosen = BestModelDetector.for_plan([RequireNumberOfClients(1), setup, rounds])
+    from_open = BestModelDetector.for_plan([], OpenDistribution([by_loss]))
+    default = BestModelDetector.for_plan([setup.__class__(Train(steps=1)), rounds])
+
+    assert (chosen.metric, chosen.higher_is_better) == ("holdout/f1", True)
+    assert (from_open.metric, from_open.higher_is_better) == ("val/loss", False)
+    assert (default.metric, default.higher_is_better) == ("val/accuracy", True)
+    from theoden_server.security import UsersFile
+
+    users = UsersFile(tmp_path / "users.toml")
+    users.save()
+    built = build_server([setup, rounds], "choice", users=users, run_dir=tmp_path / "run", jwt_secret=b"k" * 32)
+    detectors = [w for w in built.server.watchers.watchers if isinstance(w, BestModelDetector)]
+    assert [(d.metric, d.higher_is_better) for d in detectors] == [("holdout/f1", True)]

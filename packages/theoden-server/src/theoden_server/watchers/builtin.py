@@ -8,9 +8,11 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from theoden_protocol import Sequential, SetLosses
 
 from theoden_server.watchers.base import (
     AggregationCompletedNotification,
@@ -161,6 +163,46 @@ class BestModelDetector(Watcher):
         self.higher_is_better = higher_is_better
         self.best: float | None = None
         self.best_round: int | None = None
+
+    @classmethod
+    def for_plan(cls, instructions: Iterable[object], open_distribution: object = None) -> BestModelDetector:
+        """The detector a plan asks for: the ``choosing_metric`` of its first `SetLosses` that names one.
+
+        The metric is looked for as the rounds report it, ``<val_split>/<choosing_metric>`` (the split
+        of the plan's first `MultiRoundTraining`, ``val`` by default), in the command's direction
+        (``higher_is_better``). A plan whose `SetLosses` names none gets the default, ``val/accuracy``.
+        """
+        choice: SetLosses | None = None
+        split: str | None = None
+        seen: set[int] = set()
+
+        def visit(item: object, depth: int = 0) -> None:
+            nonlocal choice, split
+            if depth > 8 or id(item) in seen:
+                return
+            seen.add(id(item))
+            if isinstance(item, SetLosses):
+                if choice is None and item.choosing_metric is not None:
+                    choice = item
+                return
+            if isinstance(item, Sequential):
+                for child in item.commands:
+                    visit(child, depth + 1)
+                return
+            if split is None and isinstance(getattr(item, "val_split", None), str):
+                split = item.val_split  # type: ignore[attr-defined]
+            for name in ("command", "commands", "instructions"):
+                value = getattr(item, name, None)
+                for part in value if isinstance(value, list | tuple) else [value]:
+                    if part is not None:
+                        visit(part, depth + 1)
+
+        for item in [*instructions, open_distribution]:
+            if item is not None:
+                visit(item)
+        if choice is None or choice.choosing_metric is None:
+            return cls()
+        return cls(f"{split or 'val'}/{choice.choosing_metric}", higher_is_better=choice.higher_is_better)
 
     def handle(self, notification: Notification, pool: WatcherPool) -> None:
         """Compare the round's metric with the best so far."""
