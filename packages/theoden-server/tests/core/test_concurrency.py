@@ -144,3 +144,20 @@ def test_fedavg_over_20_clients_of_a_10mb_model_keeps_memory_flat(tmp_path: Path
     blob = next((tmp_path / "store" / "blobs").rglob(blob_id))
     result = load(blob.read_bytes())
     torch.testing.assert_close(result["layer3.weight"], (expected["layer3.weight"] / total).float())
+
+
+def test_metric_collector_keeps_the_latest_lines_in_memory_and_all_in_its_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from theoden_server.watchers import MetricCollector, WatcherPool
+    from theoden_server.watchers.base import MetricNotification, RoundCompletedNotification
+
+    collector = MetricCollector(tmp_path, keep_lines=3)
+    pool = WatcherPool([collector])  # not started: delivered in this thread
+    for round_ in range(5):
+        pool.notify(MetricNotification(client="a", metrics={"val/accuracy": round_ / 10}, num_samples=1, round=round_))
+        pool.notify(RoundCompletedNotification(round=round_, model=None))
+
+    assert [line["round"] for line in collector.history] == [2, 3, 4]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1, 2, 3, 4]

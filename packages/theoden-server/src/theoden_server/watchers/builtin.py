@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -67,15 +67,17 @@ class MetricCollector(Watcher):
     Args:
         run_dir: Directory of the run; ``None`` takes the server's run directory at initialisation.
         filename: Name of the JSON-lines file inside ``run_dir``.
+        keep_lines: How many of the latest lines `history` keeps in memory (the file has them all).
     """
 
     notification_types: ClassVar = (InitializationNotification, MetricNotification, RoundCompletedNotification)
 
-    def __init__(self, run_dir: Path | None = None, *, filename: str = "metrics.jsonl") -> None:
+    def __init__(self, run_dir: Path | None = None, *, filename: str = "metrics.jsonl", keep_lines: int = 1000) -> None:
         self.run_dir = run_dir
         self.filename = filename
         self._pending: dict[tuple[str, int | None], dict[str, tuple[dict[str, float], int | None]]] = defaultdict(dict)
-        self.history: list[dict[str, Any]] = []
+        # a long run with many clients would otherwise hold every round's per-client metrics forever
+        self.history: deque[dict[str, Any]] = deque(maxlen=keep_lines)
         self._lock = threading.Lock()
 
     @property
