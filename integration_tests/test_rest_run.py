@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -102,6 +103,10 @@ def test_three_clients_over_https_and_the_final_model_scores_in_plain_torch_as_r
     assert total == final["num_samples"]
     assert correct / total == pytest.approx(final["metrics"]["val/accuracy"], abs=1e-6)
     assert final["metrics"]["val/accuracy"] > 0.6  # it learned (chance is 0.1)
+    # the clients' uploads were deleted once their rounds were aggregated: the store keeps the global models
+    metas = [json.loads(p.read_text()) for p in (deployment.run_dir / "blobs" / "blobs").glob("*/*.meta.json")]
+    assert metas and all(meta["public"] for meta in metas)
+    assert {r["model"] for r in rounds} <= {p.name for p in (deployment.run_dir / "blobs" / "blobs").glob("*/*")}
 
 
 def test_wrong_password_and_foreign_tokens_are_refused(deployment: Deployment) -> None:
