@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the clients' uploads after their round (default: deleted once aggregated; global models stay)",
     )
+    run.add_argument(
+        "--keep-global-models",
+        type=int,
+        metavar="N",
+        help="keep only the latest N (>= 2) global models in the store (default: every round's; the best model"
+        " is kept apart in the run directory either way)",
+    )
     run.add_argument("--max-wait", type=float, default=30.0, metavar="S", help="longest a pull is held (default: 30)")
     run.add_argument("--token-ttl", type=int, default=3600, metavar="S", help="token lifetime (default: 3600)")
     run.add_argument(
@@ -398,4 +405,10 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any]:
         tuning["insecure_http"] = True
     if args.keep_uploads:
         tuning["keep_uploads"] = True
+    if args.keep_global_models is not None:
+        if args.keep_global_models < 2:
+            raise CliError(
+                "--keep-global-models must be at least 2 (the current and the previous model)", exit_code=EXIT_USAGE
+            )
+        tuning["keep_global_models"] = args.keep_global_models
     return tuning

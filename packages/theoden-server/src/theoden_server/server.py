@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -106,6 +107,9 @@ class Server:
         keep_uploads: Keep the clients' uploads once the round that received them is over (for
             auditing or your own watchers that read them). By default they are deleted then; the
             global models stay either way.
+        keep_global_models: Keep only the latest N (>= 2) global models in the store; older ones are
+            deleted once every watcher has seen them (the best model is kept apart by
+            `BestModelSaver`). ``None`` (default) keeps every round's model.
     """
 
     def __init__(
@@ -124,9 +128,13 @@ class Server:
         min_successful_clients: int | None = None,
         protection: OperationProtection | None = None,
         keep_uploads: bool = False,
+        keep_global_models: int | None = None,
     ) -> None:
+        if keep_global_models is not None and keep_global_models < 2:
+            raise ValueError("keep_global_models must be at least 2 (the current and the previous model), or None")
         self.run_name = run_name
         self.keep_uploads = keep_uploads
+        self.keep_global_models = keep_global_models
         self.protection = protection or OperationProtection()
         self.store = store
         self.run_dir = Path(run_dir)
@@ -157,6 +165,9 @@ class Server:
         self._stop = threading.Event()
         self._checker: threading.Thread | None = None
         self._started = False
+        self._global_models: list[str] = []  # ids of the global models so far, oldest first
+        self._retire: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._janitor: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -171,6 +182,9 @@ class Server:
         self.operations.start()
         self._checker = threading.Thread(target=self._check_loop, name="theoden-heartbeats", daemon=True)
         self._checker.start()
+        if self.keep_global_models is not None:
+            self._janitor = threading.Thread(target=self._retire_loop, name="theoden-retention", daemon=True)
+            self._janitor.start()
 
     def stop(self) -> None:
         """Stop the background threads and drop unfinished uploads (idempotent)."""
@@ -178,6 +192,10 @@ class Server:
         checker, self._checker = self._checker, None
         if checker is not None:
             checker.join(5.0)
+        janitor, self._janitor = self._janitor, None
+        if janitor is not None:
+            self._retire.put(False)
+            janitor.join(30.0)
         self.operations.stop()
         self.watchers.stop()
         with self._uploads_lock:
@@ -224,6 +242,41 @@ class Server:
         self.store.publish(ref.id)
         self.global_model = ref
         self.watchers.notify(ParametersNotification(model=ref, round=round, source=source))
+        if self.keep_global_models is not None:
+            with self._state_lock:
+                self._global_models.append(ref.id)
+            self._retire.put(True)
+
+    def _retire_loop(self) -> None:
+        """Delete global models older than the latest `keep_global_models`, once the watchers are past them.
+
+        A model's notifications come in up to three waves (a round completes -> its metrics -> a new best
+        model, which `BestModelSaver` copies), each queued while the one before is handled: after three
+        flushes of the watcher pool everything about a model queued before them has been delivered.
+        """
+        while True:
+            more = self._retire.get()
+            while more and not self._retire.empty():  # several new models at once: one pass
+                more = self._retire.get()
+            if not more:
+                return
+            try:
+                if all(self.watchers.flush(60.0) for _ in range(3)):
+                    self._retire_global_models()
+            except Exception:
+                logger.exception("deleting old global models failed")
+
+    def _retire_global_models(self) -> None:
+        keep = self.keep_global_models
+        assert keep is not None
+        with self._state_lock:
+            old, self._global_models = self._global_models[:-keep], self._global_models[-keep:]
+            current = {*self._global_models, *([self.global_model.id] if self.global_model else [])}
+        gone = [blob_id for blob_id in dict.fromkeys(old) if blob_id not in current]
+        for blob_id in gone:
+            self.store.delete(blob_id)
+        if gone:
+            logger.debug("deleted %d global model(s) older than the latest %d", len(gone), keep)
 
     def release_uploads(self, blob_ids: Sequence[str]) -> int:
         """Delete client uploads no longer needed (e.g. a finished round's), unless `keep_uploads`.

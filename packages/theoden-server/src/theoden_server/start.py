@@ -90,6 +90,7 @@ def build_server(
     default_watchers: bool = True,
     protection: Any | None = None,
     keep_uploads: bool = False,
+    keep_global_models: int | None = None,
 ) -> BuiltServer:
     """Create the run directory, store, security and `Server` with its REST app, without serving.
 
@@ -132,6 +133,7 @@ def build_server(
         min_successful_clients=min_successful_clients,
         protection=protection,
         keep_uploads=keep_uploads,
+        keep_global_models=keep_global_models,
     )
     app = create_app(server, users=users_file, tokens=tokens, store=store, settings=RestSettings(max_wait=max_wait))
     return BuiltServer(server=server, app=app, users=users_file, tokens=tokens, store=store, run_dir=directory)
@@ -183,6 +185,7 @@ def start_server(
     insecure_http: bool = False,
     log_level: str = "info",
     keep_uploads: bool = False,
+    keep_global_models: int | None = None,
 ) -> Server:
     """Run a TheODen server until its plan is done (``exit_on_finish``) or SIGINT/SIGTERM.
 
@@ -217,6 +220,8 @@ def start_server(
         log_level: uvicorn and server log level.
         keep_uploads: keep the clients' uploads after their round (default: deleted once aggregated;
             the global models are kept either way).
+        keep_global_models: keep only the latest N (>= 2) global models in the store (default: all,
+            one per round); the best model is kept apart in the run directory either way.
 
     Returns:
         The `Server`, after it stopped (inspect ``failed`` and the run directory).
@@ -256,6 +261,7 @@ def start_server(
         max_blob_bytes=max_blob_bytes,
         protection=protection,
         keep_uploads=keep_uploads,
+        keep_global_models=keep_global_models,
     )
     level = getattr(logging, log_level.upper(), logging.INFO)
     handler = _log_to_run_dir(built.run_dir, level)

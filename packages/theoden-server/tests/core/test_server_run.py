@@ -501,3 +501,54 @@ def test_the_default_best_model_detector_follows_the_plans_choosing_metric(tmp_p
     built = build_server([setup, rounds], "choice", users=users, run_dir=tmp_path / "run", jwt_secret=b"k" * 32)
     detectors = [w for w in built.server.watchers.watchers if isinstance(w, BestModelDetector)]
     assert [(d.metric, d.higher_is_better) for d in detectors] == [("holdout/f1", True)]
+
+
+def test_only_the_latest_global_models_are_kept_and_the_best_one_is_saved_first(make_server, global_file: Path) -> None:
+    # Prepare: 5 rounds; the best model (lowest accuracy wins here) is the first round's, long gone by the end
+    from ._harness import default_behaviour
+
+    loaded: dict[str, bytes] = {}
+
+    def behaviour(client: SimClient, command):
+        if isinstance(command, Sequential):
+            blob = command.commands[0].blob
+            loaded[blob.id] = client.server.store.read_bytes(blob.id)
+        return default_behaviour(client, command)
+
+    import time
+
+    from theoden_server.watchers.base import RoundCompletedNotification, Watcher
+
+    class Slow(Watcher):  # makes the watcher thread lag rounds behind, as a busy one would
+        notification_types = (RoundCompletedNotification,)
+
+        def handle(self, notification, pool) -> None:  # type: ignore[no-untyped-def]
+            time.sleep(0.05)
+
+    detector, saver = BestModelDetector("val/accuracy", higher_is_better=False), BestModelSaver()
+    server = make_server(
+        instructions=plan(global_file, n_rounds=5, final_validation=False),
+        watchers=[Slow(), MetricCollector(), detector, saver],
+        keep_global_models=2,
+    )
+    clients = [SimClient(server, name, behaviour=behaviour) for name in ("a", "b", "c")]
+    for client in clients:
+        client.register()
+
+    # Execute
+    drive(server, clients)
+    server.stop()  # waits for the retention thread
+
+    # Assert: the store holds the last two global models; the best (round 0's) was copied before it went
+    stored = {p.name for p in (server.store.root / "blobs").glob("*/*") if not p.name.endswith(".json")}
+    trainings = [cmd for cmd in clients[0].received if isinstance(cmd, Sequential)]
+    models = [t.commands[0].blob.id for t in trainings] + [server.global_model.id]
+    assert len(set(models)) == 6
+    assert stored == set(models[-2:])
+    assert detector.best_round == 0
+    assert (server.run_dir / "best_model.safetensors").read_bytes() == loaded[models[1]]  # round 0's result
+
+
+def test_keeping_fewer_than_two_global_models_is_refused(make_server) -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        make_server(keep_global_models=1)

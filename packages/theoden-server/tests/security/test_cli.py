@@ -366,3 +366,17 @@ def test_run_reports_a_broken_installation_in_one_line(
     plan = write_plan(tmp_path, "instructions = [1]\n")
     assert main(["run", str(plan), "--users", str(users_file)]) == 1
     assert "cannot start the server" in capsys.readouterr().err
+
+
+def test_run_passes_keep_global_models_and_refuses_fewer_than_two(
+    tmp_path: Path,
+    users_file: Path,
+    fake_start: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = write_plan(tmp_path, "instructions = [1]\n")
+    assert main(["run", str(plan), "--users", str(users_file), "--keep-global-models", "3"]) == 0
+    assert fake_start[0][1]["keep_global_models"] == 3
+    assert main(["run", str(plan), "--users", str(users_file), "--keep-global-models", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert len(fake_start) == 1
