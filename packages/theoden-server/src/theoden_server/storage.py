@@ -319,15 +319,11 @@ class BlobStore:
             known = self._known.get(digest) or self._from_disk(digest)
             if known is None:
                 meta = _BlobMeta(media_type=media_type, created=time.time(), public=public)
-                target = self._blob_path(digest)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, target)
+                self._place(tmp, digest)
             else:  # the same bytes again (e.g. another client's identical weights): stored once
                 meta = known[0]
                 if digest in self._held:  # published blobs live on disk: this copy replaces the held one
-                    target = self._blob_path(digest)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, target)
+                    self._place(tmp, digest)
                     self._held_bytes -= len(self._held.pop(digest))
                     known = None  # its metadata is written below
             new_owner = owner if owner is not None and owner not in meta.owners else None
@@ -367,9 +363,7 @@ class BlobStore:
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
-            target = self._blob_path(blob_id)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(name, target)
+            self._place(Path(name), blob_id)
         except BaseException:
             Path(name).unlink(missing_ok=True)
             self._held[blob_id] = data
@@ -468,14 +462,9 @@ class BlobStore:
 
     def delete(self, blob_id: str) -> None:
         """Remove a blob and its metadata (missing blobs are ignored)."""
-        with self._cache_lock:
-            dropped = self._cache.pop(blob_id, None)
-            self._cache_bytes -= len(dropped or b"")
+        validate_blob_id(blob_id)
         with self._lock:
-            self._known.pop(blob_id, None)
-            self._held_bytes -= len(self._held.pop(blob_id, b""))
-            self._blob_path(validate_blob_id(blob_id)).unlink(missing_ok=True)
-            self._meta_path(blob_id).unlink(missing_ok=True)
+            self._forget(blob_id)
 
     def discard_upload(self, blob_id: str) -> bool:
         """Delete a blob unless it is published (a global model); return whether it was deleted.
@@ -487,16 +476,7 @@ class BlobStore:
             known = self._known.get(blob_id) or self._from_disk(validate_blob_id(blob_id))
             if known is None or known[0].public:
                 return False
-            self._known.pop(blob_id, None)
-            held = self._held.pop(blob_id, None)
-            if held is not None:
-                self._held_bytes -= len(held)
-            else:
-                self._blob_path(blob_id).unlink(missing_ok=True)
-                self._meta_path(blob_id).unlink(missing_ok=True)
-        with self._cache_lock:
-            dropped = self._cache.pop(blob_id, None)
-            self._cache_bytes -= len(dropped or b"")
+            self._forget(blob_id)
         return True
 
     def copy_to(self, blob_id: str, destination: str | os.PathLike[str]) -> Path:
@@ -541,6 +521,25 @@ class BlobStore:
 
     def _meta_path(self, blob_id: str) -> Path:
         return self.root / "blobs" / blob_id[:2] / f"{blob_id}.meta.json"
+
+    def _place(self, tmp: Path, blob_id: str) -> None:
+        """Move a written and verified file into place as the blob ``blob_id``."""
+        target = self._blob_path(blob_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+
+    def _forget(self, blob_id: str) -> None:
+        """Remove a blob from memory and disk (under the lock)."""
+        self._known.pop(blob_id, None)
+        held = self._held.pop(blob_id, None)
+        if held is not None:  # never written: nothing on disk
+            self._held_bytes -= len(held)
+        else:
+            self._blob_path(blob_id).unlink(missing_ok=True)
+            self._meta_path(blob_id).unlink(missing_ok=True)
+        with self._cache_lock:
+            dropped = self._cache.pop(blob_id, None)
+            self._cache_bytes -= len(dropped or b"")
 
     def _lookup(self, blob_id: str) -> tuple[_BlobMeta, int] | None:
         """Metadata and size of a stored blob (from memory; from disk the first time), ``None`` if absent."""

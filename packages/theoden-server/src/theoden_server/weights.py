@@ -78,27 +78,21 @@ def read_layout(path: str | os.PathLike[str]) -> Layout:
             byte ranges that do not tile the data section exactly).
     """
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            header_len = safetensors.header_length(f.read(8), size)
-            header = safetensors.parse_header(f.read(header_len), size)
-        except safetensors.SafetensorsError as exc:
-            raise WeightsError(exc.detail) from None
-    return _layout(header)
+        return _parse_layout(f.read(8), f.read, os.fstat(f.fileno()).st_size)
 
 
 def layout_of_bytes(data: bytes | memoryview) -> Layout:
     """Parse and check the header of a safetensors file held in memory (see `read_layout`)."""
     view = memoryview(data)
+    return _parse_layout(view[:8], lambda n: view[8 : 8 + n], len(view))
+
+
+def _parse_layout(first8: bytes | memoryview, read: Callable[[int], bytes | memoryview], size: int) -> Layout:
+    """The layout of a safetensors file of ``size`` bytes: its first 8 bytes, then ``read(n)`` gives the header."""
     try:
-        header_len = safetensors.header_length(bytes(view[:8]), len(view))
-        header = safetensors.parse_header(bytes(view[8 : 8 + header_len]), len(view))
+        header = safetensors.parse_header(read(safetensors.header_length(first8, size)), size)
     except safetensors.SafetensorsError as exc:
         raise WeightsError(exc.detail) from None
-    return _layout(header)
-
-
-def _layout(header: safetensors.Header) -> Layout:
     layout = Layout((name, TensorInfo(_DTYPES[e.dtype], e.shape, e.begin, e.end)) for name, e in header.tensors.items())
     layout.data_start = header.data_start
     return layout

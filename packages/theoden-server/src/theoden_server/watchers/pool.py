@@ -93,10 +93,9 @@ class WatcherPool:
         wanted = self._wanted.get(kind)
         if wanted is None:
             with self._lock:
-                watchers = list(self._watchers)
                 # a watcher with its own `wants` decides per notification, on the delivery thread
                 wanted = any(
-                    type(w).wants is not Watcher.wants or issubclass(kind, w.notification_types) for w in watchers
+                    type(w).wants is not Watcher.wants or issubclass(kind, w.notification_types) for w in self._watchers
                 )
                 self._wanted[kind] = wanted
         return wanted
