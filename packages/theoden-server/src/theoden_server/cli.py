@@ -370,11 +370,6 @@ def _run(args: argparse.Namespace) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         rabbitmq=args.rabbitmq,
-        **(
-            {"rabbitmq_ca_file": args.rabbitmq_ca_file, "rabbitmq_admin_users": args.rabbitmq_admin_user}
-            if args.rabbitmq_ca_file is not None or args.rabbitmq_admin_user
-            else {}
-        ),
         run_dir=args.run_dir,
         exit_on_finish=not args.no_exit_on_finish,
         jwt_secret_file=jwt_secret_file,
@@ -403,6 +398,10 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any]:
         tuning["min_successful_clients"] = args.min_successful_clients
     if args.insecure_http:
         tuning["insecure_http"] = True
+    if args.rabbitmq_ca_file is not None:
+        tuning["rabbitmq_ca_file"] = args.rabbitmq_ca_file
+    if args.rabbitmq_admin_user:
+        tuning["rabbitmq_admin_users"] = args.rabbitmq_admin_user
     if args.keep_uploads:
         tuning["keep_uploads"] = True
     if args.keep_global_models is not None:
